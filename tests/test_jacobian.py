@@ -1,0 +1,181 @@
+"""Exactness of aecore.jacobian: every route against the others and against finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from aecore import jacobian, make_autoencoder
+from aecore.models import ACTIVATIONS
+
+EXACT_MODES = ("jacfwd", "jacrev", "auto")
+
+
+def fd_jacobian_sq(fn, x, eps=1e-6):
+    """‖J‖²_F per example from a central finite-difference Jacobian, in NumPy float64."""
+    fn = jax.jit(fn)
+    out = []
+    for xi in np.asarray(x, np.float64):
+        flat = xi.reshape(-1)
+        cols = []
+        for j in range(flat.size):
+            e = np.zeros_like(flat)
+            e[j] = eps
+            plus = np.asarray(fn(jnp.asarray((flat + e).reshape(xi.shape))))
+            minus = np.asarray(fn(jnp.asarray((flat - e).reshape(xi.shape))))
+            cols.append((plus - minus) / (2 * eps))
+        out.append(np.sum(np.stack(cols) ** 2))
+    return np.array(out)
+
+
+def _mlp(hidden, act, key=0, input_shape=(3, 4)):
+    return make_autoencoder(input_shape, hidden=hidden, activation=act, key=key, dtype=jnp.float64)
+
+
+def _x(shape, key=1):
+    return jax.random.normal(jax.random.key(key), shape, jnp.float64)
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("hidden", [(7,), (9, 5), (10, 8, 3)])
+def test_mlp_routes_agree_with_finite_differences(x64, hidden, act):
+    model = _mlp(hidden, act)
+    x = _x((4, 3, 4))
+    ref = fd_jacobian_sq(model.encode, x)
+    routes = list(EXACT_MODES) + ["structured"] + (["closed_form"] if len(hidden) == 1 else [])
+    for mode in routes:
+        got = np.asarray(jacobian.frobenius_sq(model.encode, x, mode=mode))
+        np.testing.assert_allclose(got, ref, rtol=1e-6, err_msg=mode)
+    exact = np.asarray(jacobian.frobenius_sq(model.encode, x, mode="jacrev"))
+    for mode in routes:
+        got = np.asarray(jacobian.frobenius_sq(model.encode, x, mode=mode))
+        np.testing.assert_allclose(got, exact, rtol=1e-12, err_msg=mode)
+
+
+def test_closed_form_uses_each_activations_own_derivative(x64):
+    # A ReLU layer's Jacobian rows are 0 or W_l: sigmoid's h(1-h) there would be wrong.
+    model = _mlp((6,), "relu")
+    x = _x((5, 3, 4))
+    a = (
+        x.reshape(5, -1) @ model.encoder.layers[0].kernel[...]
+        + model.encoder.layers[0].bias[...][None]
+    )
+    row_norms = jnp.sum(model.encoder.layers[0].kernel[...] ** 2, axis=0)
+    expected = jnp.sum(jnp.where(a > 0, 1.0, 0.0) * row_norms[None], axis=1)
+    got = jacobian.frobenius_sq(model.encode, x, mode="closed_form")
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_conv_encoder_routes_agree_with_finite_differences(x64):
+    model = make_autoencoder(
+        (8, 8, 1), hidden=(5,), architecture="conv", conv_channels=(2, 3), key=0, dtype=jnp.float64
+    )
+    x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 1), jnp.float64)
+    ref = fd_jacobian_sq(model.encode, x)
+    for mode in EXACT_MODES:
+        got = np.asarray(jacobian.frobenius_sq(model.encode, x, mode=mode))
+        np.testing.assert_allclose(got, ref, rtol=1e-6, err_msg=mode)
+
+
+@pytest.mark.parametrize("hidden", [(7,), (9, 5, 3)])
+def test_parameter_gradients_agree_across_routes(x64, hidden):
+    model = _mlp(hidden, "sigmoid")
+    x = _x((4, 3, 4))
+
+    def penalty(m, mode):
+        return jnp.sum(jacobian.frobenius_sq(m.encode, x, mode=mode))
+
+    ref = jax.grad(penalty)(model, "jacrev")
+    modes = ["jacfwd", "auto", "structured"] + (["closed_form"] if len(hidden) == 1 else [])
+    for mode in modes:
+        got = jax.grad(penalty)(model, mode)
+        for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-14, err_msg=mode)
+        check_grads(lambda m, mode=mode: penalty(m, mode), (model,), order=1, modes=["rev"])
+
+
+def test_vmap_matches_python_loop_and_jit_matches_eager(x64):
+    model = _mlp((9, 5), "tanh")
+    x = _x((6, 3, 4))
+    for mode in ("jacrev", "structured"):
+        batched = jacobian.frobenius_sq(model.encode, x, mode=mode)
+        loop = [jacobian.frobenius_sq(model.encode, x[i : i + 1], mode=mode)[0] for i in range(6)]
+        np.testing.assert_allclose(batched, np.array(loop), rtol=1e-12)
+        jitted = jax.jit(lambda m, xb, mode=mode: jacobian.frobenius_sq(m.encode, xb, mode=mode))
+        np.testing.assert_allclose(jitted(model, x), batched, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["jacfwd", "jacrev", "closed_form", "structured"])
+def test_chunked_equals_unchunked(x64, mode):
+    model = _mlp((7,), "sigmoid")
+    x = _x((10, 3, 4))
+    full = jacobian.frobenius_sq(model.encode, x, mode=mode)
+    for chunk in (1, 3, 10):
+        chunked = jacobian.frobenius_sq(model.encode, x, mode=mode, chunk_size=chunk)
+        np.testing.assert_allclose(chunked, full, rtol=1e-12)
+
+
+def test_auto_picks_reverse_for_narrow_codes_and_forward_for_wide():
+    narrow = lambda x: jnp.tanh(x[:3])  # noqa: E731
+    wide = lambda x: jnp.tanh(jnp.concatenate([x, x, x]))  # noqa: E731
+    x = jnp.ones((2, 10))
+    assert jacobian.choose_mode(narrow, x) == "jacrev"
+    assert jacobian.choose_mode(wide, x) == "jacfwd"
+    one = make_autoencoder((10,), hidden=(4,), key=0)
+    deep = make_autoencoder((10,), hidden=(6, 4), key=0)
+    assert jacobian.choose_mode(one.encode, x) == "closed_form"
+    assert jacobian.choose_mode(deep.encoder, x) == "structured"
+
+
+@pytest.mark.parametrize("method", ["jvp", "vjp"])
+def test_estimators_are_unbiased_within_three_standard_errors(x64, method):
+    model = _mlp((9, 5), "sigmoid")
+    x = _x((3, 3, 4))
+    exact = np.asarray(jacobian.frobenius_sq(model.encode, x, mode="jacrev"))
+    n = 4000
+    samples = np.stack(
+        [
+            np.asarray(
+                jacobian.frobenius_sq_estimate(
+                    model.encode, x, jax.random.key(s), num_probes=n // 4, method=method
+                )
+            )
+            for s in range(4)
+        ]
+    )  # 4 independent means of n/4 probes each
+    single = jax.vmap(
+        lambda k: jacobian.frobenius_sq_estimate(model.encode, x, k, num_probes=1, method=method)
+    )(jax.random.split(jax.random.key(99), 2000))
+    se = np.std(np.asarray(single), axis=0) / np.sqrt(n)
+    np.testing.assert_array_less(np.abs(samples.mean(axis=0) - exact), 3 * se)
+    assert np.all(se > 0)
+
+
+def test_frobenius_sq_diff_matches_explicit_jacobians(x64):
+    for hidden in [(7,), (9, 5)]:
+        model = _mlp(hidden, "sigmoid")
+        x, x2 = _x((4, 3, 4)), _x((4, 3, 4), key=5)
+        ja = jacobian.jacobian(model.encode, x, mode="jacfwd")
+        jb = jacobian.jacobian(model.encode, x2, mode="jacfwd")
+        expected = jnp.sum((ja - jb).reshape(4, -1) ** 2, axis=1)
+        for mode in ["auto", "jacrev", "jacfwd"] + (["closed_form"] if len(hidden) == 1 else []):
+            got = jacobian.frobenius_sq_diff(model.encode, x, x2, mode=mode)
+            np.testing.assert_allclose(got, expected, rtol=1e-12, err_msg=mode)
+
+
+def test_bad_arguments_name_the_value():
+    model = make_autoencoder((4,), hidden=(3, 2), key=0)
+    x = jnp.ones((2, 4))
+    with pytest.raises(ValueError, match="'jacobi'"):
+        jacobian.frobenius_sq(model.encode, x, mode="jacobi")
+    with pytest.raises(ValueError, match="has 2"):
+        jacobian.frobenius_sq(model.encode, x, mode="closed_form")
+    with pytest.raises(ValueError, match="needs an MLPEncoder"):
+        jacobian.frobenius_sq(lambda v: v, x, mode="structured")
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        jacobian.frobenius_sq(model.encode, jnp.ones(4))
+    with pytest.raises(ValueError, match="chunk_size"):
+        jacobian.frobenius_sq(model.encode, x, mode="jacrev", chunk_size=0)
+    with pytest.raises(ValueError, match="num_probes"):
+        jacobian.frobenius_sq_estimate(model.encode, x, jax.random.key(0), num_probes=0)
