@@ -1,0 +1,254 @@
+"""Checkpoints of a training run: model and optimizer state as arrays, step and config as JSON.
+
+Written with orbax-checkpoint (atomic: a step is written to a temporary directory and renamed
+when complete) and restored into freshly built pytrees; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+_MODEL, _OPT, _META = "model", "opt_state", "meta"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be read (truncated, corrupted, or not an aecore one)."""
+
+
+def _leaf_key(i: int) -> str:
+    return f"leaf_{i:05d}"
+
+
+def _describe(tree) -> list[dict[str, Any]]:
+    """One entry per array of `tree`: its key path, shape and dtype (stored as JSON)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [
+        {"path": jax.tree_util.keystr(p), "shape": list(np.shape(x)), "dtype": str(x.dtype)}
+        for p, x in flat
+    ]
+
+
+def _as_dict(tree) -> dict[str, jax.Array]:
+    return {_leaf_key(i): x for i, x in enumerate(jax.tree.leaves(tree))}
+
+
+def _shapes(desc: list[dict[str, Any]]) -> dict[str, tuple[int, ...]]:
+    return {d["path"]: tuple(d["shape"]) for d in desc}
+
+
+def _check_compatible(what: str, saved: list[dict[str, Any]], target, directory: str) -> None:
+    """Raises ValueError naming both structures when `target` is not shaped like the saved tree."""
+    want = _describe(target)
+    if [(d["path"], d["shape"], d["dtype"]) for d in saved] == [
+        (d["path"], d["shape"], d["dtype"]) for d in want
+    ]:
+        return
+    s, w = _shapes(saved), _shapes(want)
+    diffs = [
+        f"{p}: checkpoint {s.get(p, 'absent')} vs model {w.get(p, 'absent')}"
+        for p in dict.fromkeys([*s, *w])
+        if s.get(p) != w.get(p)
+    ]
+    if not diffs:  # same shapes, different dtypes
+        diffs = [
+            f"{a['path']}: checkpoint {a['dtype']} vs model {b['dtype']}"
+            for a, b in zip(saved, want, strict=True)
+            if a["dtype"] != b["dtype"]
+        ]
+    raise ValueError(
+        f"the {what} checkpoint in {directory} does not fit the model being restored "
+        f"({len(diffs)} difference(s)): "
+        + "; ".join(diffs[:6])
+        + ("; ..." if len(diffs) > 6 else "")
+    )
+
+
+class Checkpointer:
+    """Saves and restores (model, optimizer state, step, config) under `directory`.
+
+    Keeps the last `max_to_keep` steps. Writes are synchronous: `save` returns once the step is
+    on disk and renamed into place, so a crash never leaves a half-written step that `restore`
+    would pick.
+
+    Args:
+      directory: where steps are stored (one subdirectory per step); created if missing.
+      max_to_keep: how many of the most recent steps to keep (>= 1).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int = 3):
+        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be a positive integer, got {max_to_keep!r}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None when there is none."""
+        self._manager.reload()
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, model, opt_state, *, config: dict[str, Any] | None = None) -> None:
+        """Writes step `step` (overwrites nothing: a step already saved is left as it is).
+
+        Args:
+          step: the global step count reached (number of optimizer updates applied).
+          model: the model pytree (e.g. an `Autoencoder`).
+          opt_state: the optax state (any pytree of arrays), or None.
+          config: JSON-serialisable description of the run (restored by `read_meta`).
+        """
+        if step in self.all_steps():
+            return
+        meta = {
+            "step": int(step),
+            "config": config or {},
+            "model": _describe(model),
+            "opt_state": None if opt_state is None else _describe(opt_state),
+        }
+        items = {
+            _MODEL: ocp.args.StandardSave(_as_dict(model)),
+            _META: ocp.args.JsonSave(meta),
+        }
+        if opt_state is not None:
+            items[_OPT] = ocp.args.StandardSave(_as_dict(opt_state))
+        self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+        self._manager.wait_until_finished()
+
+    def read_meta(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON record of a step (latest if None): step, config, and array descriptions."""
+        step = self._step(step)
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = out[_META]
+        except Exception as e:  # orbax raises many types for damaged files
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} is unreadable "
+                f"({type(e).__name__}: {e}); delete it to start over, or restore an older step"
+            ) from e
+        if not isinstance(meta, dict) or not {"step", "model"} <= set(meta):
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} has no aecore metadata"
+            )
+        return meta
+
+    def restore(self, model, opt_state=None, *, step: int | None = None):
+        """Restores a step (latest if None) into pytrees shaped like `model` and `opt_state`.
+
+        Args:
+          model: a freshly built model of the same configuration; its structure, shapes and
+            dtypes are the template (its values are ignored).
+          opt_state: template optimizer state, or None to restore the model only.
+          step: which step; None for the latest.
+
+        Returns:
+          (model, opt_state or None, step, config dict).
+
+        Raises:
+          FileNotFoundError: no checkpoint in the directory.
+          ValueError: the checkpoint holds arrays of other shapes (names both).
+          CheckpointError: the checkpoint is truncated or corrupted.
+        """
+        step = self._step(step)
+        meta = self.read_meta(step)
+        _check_compatible("model", meta["model"], model, self.directory)
+        items = {_MODEL: ocp.args.StandardRestore(_abstract(model))}
+        if opt_state is not None:
+            if meta.get("opt_state") is None:
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} holds no optimizer state"
+                )
+            _check_compatible("optimizer-state", meta["opt_state"], opt_state, self.directory)
+            items[_OPT] = ocp.args.StandardRestore(_abstract(opt_state))
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} is unreadable "
+                f"({type(e).__name__}: {e}); delete it to start over, or restore an older step"
+            ) from e
+        new_model = _fill(model, out[_MODEL])
+        new_opt = None if opt_state is None else _fill(opt_state, out[_OPT])
+        return new_model, new_opt, int(meta["step"]), meta.get("config", {})
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _step(self, step: int | None) -> int:
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        elif step not in self.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {self.directory}; saved: {self.all_steps()}"
+            )
+        return step
+
+
+def _abstract(tree) -> dict[str, jax.ShapeDtypeStruct]:
+    return {
+        k: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+        for k, x in _as_dict(tree).items()
+    }
+
+
+def _fill(template, arrays: dict[str, jax.Array]):
+    """`template`'s structure with the restored arrays in leaf order."""
+    treedef = jax.tree.structure(template)
+    return jax.tree.unflatten(treedef, [arrays[_leaf_key(i)] for i in range(treedef.num_leaves)])
+
+
+def latest_step(directory: str | os.PathLike[str]) -> int | None:
+    """The newest complete checkpoint step under `directory`, or None (also when it is absent)."""
+    if not os.path.isdir(directory):
+        return None
+    with Checkpointer(directory) as ckpt:
+        return ckpt.latest_step()
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    step: int,
+    model,
+    opt_state=None,
+    *,
+    config: dict[str, Any] | None = None,
+    max_to_keep: int = 3,
+) -> None:
+    """One-shot `Checkpointer(directory).save(...)`."""
+    with Checkpointer(directory, max_to_keep=max_to_keep) as ckpt:
+        ckpt.save(step, model, opt_state, config=config)
+
+
+def restore_checkpoint(
+    directory: str | os.PathLike[str], model, opt_state=None, *, step: int | None = None
+):
+    """One-shot `Checkpointer(directory).restore(...)`: (model, opt_state, step, config)."""
+    with Checkpointer(directory) as ckpt:
+        return ckpt.restore(model, opt_state, step=step)
+
+
+def read_config(directory: str | os.PathLike[str], *, step: int | None = None) -> dict[str, Any]:
+    """The config stored with a checkpoint (latest if `step` is None)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoint directory {directory}")
+    with Checkpointer(directory) as ckpt:
+        return ckpt.read_meta(step).get("config", {})
