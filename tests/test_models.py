@@ -1,0 +1,81 @@
+"""Models: shapes, linear and tied variants, conv encoders, construction errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from aecore import Objective, make_autoencoder
+from aecore.train import make_train_step
+
+
+@pytest.mark.parametrize(
+    "input_shape, kwargs, code",
+    [
+        ((64,), dict(hidden=(16,)), 16),
+        ((8, 8, 1), dict(hidden=(128,)), 128),  # overcomplete
+        ((8, 8, 1), dict(hidden=(32, 16, 8), activation=["relu", "tanh", "sigmoid"]), 8),
+        ((28, 28, 1), dict(hidden=(10,), architecture="conv"), 10),
+        ((32, 32, 3), dict(hidden=(12,), architecture="conv"), 12),
+        ((6,), dict(hidden=(4, 2), tied=True), 2),
+    ],
+)
+def test_shapes(input_shape, kwargs, code):
+    model = make_autoencoder(input_shape, key=0, **kwargs)
+    x = jax.random.uniform(jax.random.key(0), (3, *input_shape))
+    h = jax.vmap(model.encode)(x)
+    assert h.shape == (3, code)
+    assert jax.vmap(model)(x).shape == x.shape
+
+
+def test_linear_autoencoder_is_linear():
+    model = make_autoencoder((5,), hidden=(3,), activation="identity", output="identity", key=0)
+    x, y = jax.random.normal(jax.random.key(0), (2, 5))
+    f = lambda v: model(v) - model(jnp.zeros(5))  # noqa: E731
+    np.testing.assert_allclose(f(2 * x + 3 * y), 2 * f(x) + 3 * f(y), rtol=1e-5, atol=1e-5)
+
+
+def test_tied_decoder_uses_encoder_weight_transposed_after_a_step():
+    model = make_autoencoder((6,), hidden=(4,), tied=True, output="identity", key=0)
+    opt = optax.sgd(0.1)
+    step = make_train_step(Objective(), opt, donate=False)
+    x = jax.random.normal(jax.random.key(1), (8, 6))
+    new, _, _ = step(model, opt.init(model), x, jax.random.key(2))
+    w = new.encoder.layers[0].kernel[...]
+    assert not np.allclose(w, model.encoder.layers[0].kernel[...])  # the step moved it
+    # Decoding uses exactly Wᵀ of the updated encoder weight: no separate decoder matrix exists.
+    h = jax.random.normal(jax.random.key(3), (4,))
+    np.testing.assert_array_equal(new.decode_logits(h), w @ h + new.decoder.biases[0][...])
+    assert sum(p.ndim >= 2 for p in jax.tree.leaves(new)) == 1
+
+
+def test_tied_gradient_sums_encoder_and_decoder_paths():
+    model = make_autoencoder((3,), hidden=(2,), tied=True, output="identity", key=0)
+    x = jnp.array([0.5, -1.0, 2.0])
+    w = model.encoder.layers[0].kernel[...]
+
+    def untied(enc_w, dec_w):  # the same network with two copies of the weight
+        h = jax.nn.sigmoid(x @ enc_w + model.encoder.layers[0].bias[...])
+        return jnp.sum((dec_w @ h + model.decoder.biases[0][...] - x) ** 2)
+
+    g_enc, g_dec = jax.grad(untied, argnums=(0, 1))(w, w)
+    g = jax.grad(lambda m: jnp.sum((m(x) - x) ** 2))(model).encoder.layers[0].kernel[...]
+    np.testing.assert_allclose(g, g_enc + g_dec, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(hidden=(0,)), "hidden width.*0"),
+        (dict(hidden=()), "at least one"),
+        (dict(activation="swish"), "'swish'"),
+        (dict(output="softmax"), "'softmax'"),
+        (dict(architecture="rnn"), "'rnn'"),
+        (dict(hidden=(4, 2), activation=["relu"]), "1 activations"),
+        (dict(tied=True, architecture="conv"), "tied"),
+    ],
+)
+def test_construction_errors_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_autoencoder((8, 8, 1), key=0, **kwargs)

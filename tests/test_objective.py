@@ -1,0 +1,76 @@
+"""The composed objective: terms, totals, jit == eager, validation of every field."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aecore import Objective, losses, make_autoencoder, objective_terms, regularizers
+
+
+def _setup():
+    model = make_autoencoder((4, 4, 1), hidden=(6,), key=0)
+    x = jax.random.uniform(jax.random.key(0), (5, 4, 4, 1))
+    return model, x
+
+
+def test_total_is_sum_of_terms_and_terms_match_the_parts():
+    model, x = _setup()
+    obj = Objective(
+        loss="cross_entropy", weight_decay=1e-3, l1=0.01, kl=0.5, rho=0.1, contractive=0.2
+    )
+    total, terms = objective_terms(model, x, jax.random.key(1), obj)
+    assert set(terms) == {"reconstruction", "weight_decay", "l1", "kl", "contractive"}
+    np.testing.assert_allclose(total, sum(terms.values()), rtol=1e-6)
+    h = jax.vmap(model.encode)(x)
+    logits = jax.vmap(model.decode_logits)(h)
+    np.testing.assert_allclose(
+        terms["reconstruction"], jnp.mean(losses.sigmoid_cross_entropy(logits, x)), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        terms["kl"], regularizers.kl_sparsity(h, rho=0.1, weight=0.5), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        terms["contractive"],
+        jnp.mean(regularizers.contractive(model.encode, x, weight=0.2)),
+        rtol=1e-6,
+    )
+
+
+def test_denoising_reconstructs_the_clean_target():
+    model, x = _setup()
+    obj = Objective(loss="squared_error", corruption="mask", corruption_level=0.5)
+    key = jax.random.key(7)
+    _, terms = objective_terms(model, x, key, obj)
+    k_corrupt, _ = jax.random.split(key)
+    x_tilde = regularizers.mask_noise(k_corrupt, x, q=0.5)
+    x_hat = jax.vmap(model)(x_tilde)
+    np.testing.assert_allclose(
+        terms["reconstruction"], jnp.mean(losses.squared_error(x_hat, x)), rtol=1e-6
+    )
+
+
+def test_jit_matches_eager():
+    model, x = _setup()
+    obj = Objective(contractive=0.1, higher_order=0.1, kl=0.1)
+    eager = objective_terms(model, x, jax.random.key(2), obj)[0]
+    jitted = jax.jit(objective_terms, static_argnums=3)(model, x, jax.random.key(2), obj)[0]
+    np.testing.assert_allclose(jitted, eager, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(loss="hinge"), "'hinge'"),
+        (dict(contractive=-1.0), "-1.0"),
+        (dict(weight_decay=-0.01), "-0.01"),
+        (dict(rho=1.5), "1.5"),
+        (dict(corruption="mask", corruption_level=1.0), "1.0"),
+        (dict(corruption="gaussian", corruption_level=-0.2), "-0.2"),
+        (dict(jacobian_mode="fast"), "'fast'"),
+        (dict(higher_order_samples=0), "0"),
+    ],
+)
+def test_invalid_objective_raises_naming_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Objective(**kwargs)
