@@ -1,0 +1,396 @@
+"""Evaluation of trained autoencoders: codes, reconstructions, exact Jacobian norms and spectra,
+saturation, linear probes, PCA subspace angles and contraction curves (NumPy outputs).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aecore import _checks, jacobian, losses
+from aecore.models import MLPDecoder, MLPEncoder, TiedDecoder
+from aecore.objective import Objective, reconstruction
+
+# --------------------------------------------------------------------------------------------
+# Input checks and batching
+
+
+def input_shape(model) -> tuple[int, ...]:
+    """The per-example input shape the model's encoder was built for."""
+    shape = getattr(model.encoder, "input_shape", None)
+    if shape is None:
+        raise TypeError(f"cannot read input_shape from encoder {type(model.encoder).__name__}")
+    return tuple(shape)
+
+
+def _param_dtype(model):
+    for leaf in jax.tree.leaves(model):
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.dtype
+    return jnp.float32
+
+
+def _check_x(model, x, name: str = "x") -> np.ndarray:
+    """x as a NumPy array of the model's parameter dtype, after checking its shape."""
+    x = np.asarray(x)
+    expected = input_shape(model)
+    if x.ndim < 1 or tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"{name} must have shape [N, *input_shape] = [N, {', '.join(map(str, expected))}] "
+            f"for this model (input_shape {expected}), got {name}.shape {x.shape}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} holds no examples (shape {x.shape})")
+    # Strict dtype promotion: feed the parameters' dtype, never mix float32 and float64.
+    return x.astype(np.dtype(_param_dtype(model)), copy=False)
+
+
+def _batched(fn: Callable, model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Applies a jitted fn(model, xb) -> [B, ...] over batches; the last batch is padded so that
+    every call has one shape (one compilation), and the padding is dropped again."""
+    _checks.check_positive_int("batch_size", batch_size)
+    n = x.shape[0]
+    size = min(batch_size, n)
+    outs = []
+    for start in range(0, n, size):
+        xb = x[start : start + size]
+        m = xb.shape[0]
+        if m < size:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], size - m, axis=0)], axis=0)
+        outs.append(np.asarray(fn(model, jnp.asarray(xb)))[:m])
+    return np.concatenate(outs, axis=0)
+
+
+@jax.jit
+def _encode_batch(model, x):  # [B, *input_shape] -> [B, d_z]
+    return jax.vmap(model.encode)(x)
+
+
+@jax.jit
+def _reconstruct_batch(model, x):
+    return jax.vmap(model)(x)
+
+
+@functools.partial(jax.jit, static_argnames=("loss",))
+def _reconstruction_batch(model, x, *, loss):  # [B]
+    return reconstruction(model, x, jax.vmap(model.encode)(x), loss=loss)
+
+
+@functools.partial(jax.jit, static_argnames=("mode",))
+def _frobenius_sq_batch(model, x, *, mode):  # [B]
+    return jacobian.frobenius_sq(model.encode, x, mode=mode)
+
+
+# --------------------------------------------------------------------------------------------
+# Codes, reconstructions, errors
+
+
+def encode(model, x, *, batch_size: int = 512) -> np.ndarray:
+    """Codes h(x) [N, d_z] of the examples x [N, *input_shape] (jitted, in batches)."""
+    x = _check_x(model, x)
+    return _batched(_encode_batch, model, x, batch_size)
+
+
+def reconstruct(model, x, *, batch_size: int = 512) -> np.ndarray:
+    """Reconstructions x_hat = f(decoder(h(x))) [N, *input_shape]."""
+    x = _check_x(model, x)
+    return _batched(_reconstruct_batch, model, x, batch_size)
+
+
+def reconstruction_error(model, x, *, loss: str, batch_size: int = 512) -> float:
+    """Mean over examples of the per-example loss ("squared_error" or "cross_entropy"), i.e. the
+    reconstruction term of `aecore.objective.reconstruction` on clean inputs."""
+    _checks.check_choice("loss", loss, losses.LOSSES)
+    x = _check_x(model, x)
+    if loss == "cross_entropy":
+        _checks.check_unit_interval("cross-entropy targets x", x)
+    per_example = _batched(
+        functools.partial(_reconstruction_batch, loss=loss), model, x, batch_size
+    )
+    return float(np.mean(per_example))
+
+
+# --------------------------------------------------------------------------------------------
+# Jacobians
+
+
+def jacobian_norms(model, x, *, mode: str = "auto", batch_size: int = 256) -> np.ndarray:
+    """Exact ‖∂h(x_i)/∂x_i‖_F per example [N] (the square root of `jacobian.frobenius_sq`)."""
+    _checks.check_choice("mode", mode, jacobian.MODES)
+    x = _check_x(model, x)
+    sq = _batched(functools.partial(_frobenius_sq_batch, mode=mode), model, x, batch_size)
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def jacobian_spectrum(model, x, *, max_examples: int = 200) -> np.ndarray:
+    """Singular values of each example's encoder Jacobian, [n, min(d_z, d)], descending.
+
+    n = min(N, max_examples). A contractive encoder has a few large singular values (directions
+    along the data manifold) and a fast-decaying tail (Rifai et al., 2011, Fig. 3).
+    """
+    _checks.check_positive_int("max_examples", max_examples)
+    x = _check_x(model, x)[:max_examples]
+    jac = np.asarray(jax.jit(lambda m, xb: jacobian.jacobian(m.encode, xb))(model, jnp.asarray(x)))
+    jac = jac.reshape(jac.shape[0], jac.shape[1], -1).astype(np.float64)  # [n, k, d]
+    return np.linalg.svd(jac, compute_uv=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Saturation
+
+
+def code_activation(model) -> str:
+    """Name of the activation of the code layer (the encoder's last dense layer)."""
+    enc = model.encoder
+    if isinstance(enc, MLPEncoder):
+        return enc.layers[-1].activation
+    code = getattr(enc, "code", None)
+    if code is not None and hasattr(code, "activation"):
+        return code.activation
+    raise TypeError(f"cannot find the code layer of encoder {type(enc).__name__}")
+
+
+def saturation(model, x, *, tol: float = 0.05) -> float:
+    """Fraction of (example, code unit) pairs whose code unit is saturated.
+
+    Saturated means, by the code activation: sigmoid h < tol or h > 1 − tol; tanh |h| > 1 − tol;
+    relu h == 0 (a dead unit on that example); softplus h < tol (its flat side; it has no upper
+    saturation); identity never (returns 0.0). Contractive training drives codes into these flat
+    regions, where g' ≈ 0 (Rifai et al., 2011, §5).
+    """
+    tol = float(tol)
+    if not 0.0 <= tol < 0.5:
+        raise ValueError(f"tol must lie in [0, 0.5), got {tol}")
+    act = code_activation(model)
+    h = encode(model, x).astype(np.float64)
+    if act == "sigmoid":
+        sat = (h < tol) | (h > 1.0 - tol)
+    elif act == "tanh":
+        sat = np.abs(h) > 1.0 - tol
+    elif act == "relu":
+        sat = h == 0.0
+    elif act == "softplus":
+        sat = h < tol
+    elif act == "identity":
+        sat = np.zeros(h.shape, dtype=bool)
+    else:
+        raise ValueError(f"no saturation rule for code activation {act!r}")
+    return float(np.mean(sat))
+
+
+# --------------------------------------------------------------------------------------------
+# Linear probe
+
+
+def linear_probe(
+    codes_train,
+    y_train,
+    codes_test,
+    y_test,
+    *,
+    max_iter: int = 1000,
+    C: float = 1.0,
+) -> dict[str, float]:
+    """Logistic regression on standardized codes: train on (codes_train, y_train), score on test.
+
+    Returns:
+      {"accuracy": test accuracy, "error": 1 − accuracy}, plain floats.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if y_train is None or y_test is None:
+        raise ValueError(
+            "linear_probe needs labels for both splits, got "
+            f"y_train={'None' if y_train is None else 'given'}, "
+            f"y_test={'None' if y_test is None else 'given'}"
+        )
+    codes_train = np.asarray(codes_train, dtype=np.float64)
+    codes_test = np.asarray(codes_test, dtype=np.float64)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    for name, c, y in (("train", codes_train, y_train), ("test", codes_test, y_test)):
+        if c.ndim != 2 or y.ndim != 1 or len(c) != len(y):
+            raise ValueError(
+                f"codes_{name} must be [N, d_z] with y_{name} [N], "
+                f"got shapes {c.shape} and {y.shape}"
+            )
+    if codes_train.shape[1] != codes_test.shape[1]:
+        raise ValueError(
+            f"codes_train and codes_test differ in width: {codes_train.shape[1]} vs "
+            f"{codes_test.shape[1]}"
+        )
+    if len(np.unique(y_train)) < 2:
+        raise ValueError(f"y_train needs at least 2 classes, got {np.unique(y_train).tolist()}")
+    _checks.check_positive_int("max_iter", max_iter)
+    if not C > 0:
+        raise ValueError(f"C must be > 0, got {C}")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=C))
+    clf.fit(codes_train, y_train)
+    accuracy = float(clf.score(codes_test, y_test))
+    return {"accuracy": accuracy, "error": 1.0 - accuracy}
+
+
+# --------------------------------------------------------------------------------------------
+# Subspaces: PCA and linear autoencoders
+
+
+def principal_angles(a, b) -> np.ndarray:
+    """Principal angles (radians, descending) between the column spaces of a [d, k1], b [d, k2].
+
+    Orthonormal bases by QR (the columns must be linearly independent), then the singular values
+    of Q_aᵀ Q_b are the cosines (Björck & Golub, 1973). Small angles are read from the sines
+    (singular values of the residual Q_b − Q_a Q_aᵀ Q_b), where arccos loses accuracy. The result
+    has min(k1, k2) entries, ordered like `scipy.linalg.subspace_angles`.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b must be [d, k1] and [d, k2], got shapes {a.shape}, {b.shape}")
+    qa, _ = np.linalg.qr(a)
+    qb, _ = np.linalg.qr(b)
+    if qa.shape[1] < qb.shape[1]:
+        qa, qb = qb, qa
+    cos = np.clip(np.linalg.svd(qa.T @ qb, compute_uv=False), -1.0, 1.0)  # descending
+    sin = np.linalg.svd(qb - qa @ (qa.T @ qb), compute_uv=False)[::-1]  # ascending angles
+    sin = np.clip(sin, -1.0, 1.0)
+    angles = np.where(cos**2 >= 0.5, np.arcsin(sin), np.arccos(cos))  # ascending
+    return angles[::-1].copy()
+
+
+def decoder_basis(model) -> np.ndarray:
+    """The [d, k] matrix whose column space the decoder's last weight spans (x_hat lies in it up
+    to the bias, for a linear decoder).
+
+    Untied MLP decoder: the last dense layer's kernel is [k, d], so its transpose. Tied decoder:
+    the first encoder layer's kernel [d, n_1] (the decoder's last weight is W_1ᵀ).
+    """
+    if isinstance(model.decoder, TiedDecoder):
+        return np.asarray(model.encoder.layers[0].kernel[...])
+    if isinstance(model.decoder, MLPDecoder):
+        return np.asarray(model.decoder.layers[-1].kernel[...]).T
+    raise TypeError(
+        f"pca_angles needs an MLP (tied or untied) decoder, got {type(model.decoder).__name__}"
+    )
+
+
+def _flat(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim < 2:
+        raise ValueError(f"expected examples [N, *input_shape], got shape {x.shape}")
+    return x.reshape(x.shape[0], -1)
+
+
+def pca_angles(model, x_train) -> np.ndarray:
+    """Principal angles (radians) between a linear autoencoder's decoder subspace and the top-k
+    PCA subspace of x_train, k the decoder's code width. Near 0 once a linear AE with squared
+    error has converged (Baldi & Hornik, 1989); the weights themselves need not be orthogonal.
+    """
+    from sklearn.decomposition import PCA
+
+    x = _flat(_check_x(model, x_train, "x_train"))
+    basis = decoder_basis(model).astype(np.float64)  # [d, k]
+    k = basis.shape[1]
+    if k > min(x.shape):
+        raise ValueError(
+            f"decoder subspace has dimension {k}, more than PCA can give for x_train {x.shape}"
+        )
+    components = PCA(n_components=k).fit(x).components_  # [k, d]
+    return principal_angles(basis, components.T)
+
+
+def pca_reconstruction_error(x_train, x_test, k: int) -> float:
+    """Mean per-example squared error Σ_j (x̂_j − x_j)² of rank-k PCA (fit on x_train) on x_test:
+    the floor a linear autoencoder with k codes and squared error can reach."""
+    from sklearn.decomposition import PCA
+
+    _checks.check_positive_int("k", k)
+    a, b = _flat(x_train), _flat(x_test)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"x_train and x_test differ in dimension: {a.shape[1]} vs {b.shape[1]}")
+    if k > min(a.shape):
+        raise ValueError(f"k must be <= min(N, d) = {min(a.shape)} for x_train {a.shape}, got {k}")
+    pca = PCA(n_components=k).fit(a)
+    x_hat = pca.inverse_transform(pca.transform(b))
+    return float(np.mean(np.sum((x_hat - b) ** 2, axis=1)))
+
+
+# --------------------------------------------------------------------------------------------
+# Contraction curves
+
+
+def contraction_curve(
+    model,
+    x,
+    *,
+    radii: Sequence[float],
+    num_pairs: int = 200,
+    key: jax.Array,
+) -> dict[str, np.ndarray]:
+    """Contraction ratio ‖h(x) − h(x')‖ / ‖x − x'‖ against the distance r = ‖x − x'‖.
+
+    For `num_pairs` examples drawn from x and random unit directions u (uniform on the sphere of
+    the flattened input), x' = x + r u for every radius r; the same examples and directions serve
+    all radii, so the curve is smooth in r. Rifai et al. (2011, §5.2, Fig. 2) use such curves to
+    show that a CAE contracts more, and further away from the data, than a DAE.
+
+    Returns:
+      {"radii": [R], "ratio": [R] median ratio per radius}.
+    """
+    _checks.check_positive_int("num_pairs", num_pairs)
+    radii = np.asarray(radii, dtype=np.float64).reshape(-1)
+    if radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(radii <= 0):
+        raise ValueError(f"radii must be finite numbers > 0, got {radii.tolist()}")
+    x = _check_x(model, x)
+    k_idx, k_dir = jax.random.split(key)
+    idx = np.asarray(jax.random.randint(k_idx, (num_pairs,), 0, x.shape[0]))
+    x0 = x[idx]  # [P, *input_shape]
+    u = np.asarray(jax.random.normal(k_dir, x0.shape, jnp.float32), dtype=np.float64)
+    u = u / np.linalg.norm(u.reshape(num_pairs, -1), axis=1).reshape(-1, *([1] * (x.ndim - 1)))
+    h0 = encode(model, x0).astype(np.float64)
+    ratio = []
+    for r in radii:
+        x1 = (x0 + r * u).astype(x.dtype)
+        h1 = encode(model, x1).astype(np.float64)
+        # Divide by the realised distance: x' is rounded to the parameter dtype.
+        dist = np.linalg.norm((x1.astype(np.float64) - x0).reshape(num_pairs, -1), axis=1)
+        dist = np.where(dist > 0, dist, r)
+        ratio.append(np.median(np.linalg.norm(h1 - h0, axis=1) / dist))
+    return {"radii": radii, "ratio": np.asarray(ratio)}
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+
+
+def evaluate_model(
+    model, dataset, objective: Objective, *, max_examples: int = 2000, probe: bool = True
+) -> dict[str, float]:
+    """Summary metrics of a trained model on a `aecore.data.Dataset`, as plain Python floats.
+
+    Keys: "reconstruction_error" (test split, `objective.loss`), "mean_jacobian_norm" (mean exact
+    ‖J‖_F on the test split), "saturation" (code saturation on the test split), and, when the
+    dataset has labels and probe=True, "linear_probe_accuracy" (probe trained on train codes,
+    scored on test codes). Each split is cut to its first `max_examples` examples.
+    """
+    _checks.check_positive_int("max_examples", max_examples)
+    x_train = _check_x(model, dataset.x_train, "dataset.x_train")[:max_examples]
+    x_test = _check_x(model, dataset.x_test, "dataset.x_test")[:max_examples]
+    metrics = {
+        "reconstruction_error": reconstruction_error(model, x_test, loss=objective.loss),
+        "mean_jacobian_norm": float(np.mean(jacobian_norms(model, x_test))),
+        "saturation": saturation(model, x_test),
+    }
+    if probe and dataset.y_train is not None and dataset.y_test is not None:
+        result = linear_probe(
+            encode(model, x_train),
+            np.asarray(dataset.y_train)[:max_examples],
+            encode(model, x_test),
+            np.asarray(dataset.y_test)[:max_examples],
+        )
+        metrics["linear_probe_accuracy"] = result["accuracy"]
+    return {k: float(v) for k, v in metrics.items()}
