@@ -1,0 +1,144 @@
+"""Tests of the training loop: determinism, resume, divergence, checkpoints, metric files."""
+
+import json
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from aecore import checkpoint, train
+from aecore.models import make_autoencoder
+from aecore.objective import Objective
+
+SHAPE = (4, 4, 1)
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, (n, *SHAPE)).astype(np.float32)
+
+
+def _model(hidden=(6,)):
+    return make_autoencoder(SHAPE, hidden=hidden, key=0)
+
+
+def _config(**kw):
+    base = dict(num_steps=12, batch_size=16, learning_rate=1e-2, log_every=2, progress=False)
+    return train.TrainConfig(**{**base, **kw})
+
+
+OBJ = Objective(loss="cross_entropy", contractive=0.1)
+
+
+def _leaves(model):
+    return [np.asarray(x) for x in jax.tree.leaves(model)]
+
+
+def test_same_seed_gives_identical_parameters():
+    x = _data()
+    a = train.fit(_model(), OBJ, x, config=_config())
+    b = train.fit(_model(), OBJ, x, config=_config())
+    for u, v in zip(_leaves(a.model), _leaves(b.model), strict=True):
+        np.testing.assert_array_equal(u, v)
+    assert [r["step"] for r in a.history] == list(range(2, 13, 2))
+    assert a.history[-1]["loss"] < a.history[0]["loss"]
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    x, x_test = _data(), _data(32, seed=1)
+    full = train.fit(_model(), OBJ, x, config=_config(num_steps=12), x_test=x_test)
+
+    wd = str(tmp_path / "run")
+    first = train.fit(_model(), OBJ, x, config=_config(num_steps=6, checkpoint_every=3), workdir=wd)
+    assert first.start_step == 0 and first.step == 6
+    assert checkpoint.latest_step(os.path.join(wd, "checkpoints")) == 6
+    second = train.fit(
+        _model(), OBJ, x, config=_config(num_steps=12, eval_every=4), x_test=x_test, workdir=wd
+    )
+    assert second.start_step == 6 and second.step == 12
+    for u, v in zip(_leaves(full.model), _leaves(second.model), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+    # The history spans both parts, once each; the file holds the same records.
+    assert [r["step"] for r in second.history] == list(range(2, 13, 2))
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert records == second.history
+    assert "eval_reconstruction" in records[-1] and "contractive" in records[-1]
+    assert np.isclose(records[-1]["eval_reconstruction"], full.history[-1]["eval_reconstruction"])
+    assert os.listdir(os.path.join(wd, "tb"))
+
+    # A finished run does nothing more.
+    again = train.fit(_model(), OBJ, x, config=_config(num_steps=12), workdir=wd)
+    assert again.start_step == 12 and again.step == 12
+    for u, v in zip(_leaves(again.model), _leaves(second.model), strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_checkpoints_keep_the_last_n(tmp_path):
+    wd = str(tmp_path)
+    train.fit(
+        _model(), OBJ, _data(), config=_config(checkpoint_every=2, keep_checkpoints=2), workdir=wd
+    )
+    with checkpoint.Checkpointer(os.path.join(wd, "checkpoints")) as ckpt:
+        assert ckpt.all_steps() == [10, 12]
+    # Atomic writes: no temporary directories are left behind.
+    assert all("tmp" not in d for d in os.listdir(os.path.join(wd, "checkpoints")))
+
+
+def test_divergence_names_step_and_term_and_keeps_checkpoint(tmp_path):
+    wd = str(tmp_path)
+    x = _data()
+    train.fit(_model(), OBJ, x, config=_config(num_steps=6, checkpoint_every=3), workdir=wd)
+    bad = np.full_like(x, np.nan)
+    with pytest.raises(train.TrainingDiverged, match=r"step 6: .*reconstruction"):
+        train.fit(_model(), OBJ, bad, config=_config(num_steps=12, checkpoint_every=3), workdir=wd)
+    model, _, step, _ = checkpoint.restore_checkpoint(os.path.join(wd, "checkpoints"), _model())
+    assert step == 6
+    assert all(np.isfinite(v).all() for v in _leaves(model))
+
+
+def test_huge_learning_rate_diverges():
+    obj = Objective(loss="squared_error")
+    model = make_autoencoder(SHAPE, hidden=(6,), activation="identity", output="identity", key=0)
+    cfg = _config(num_steps=200, optimizer="sgd", learning_rate=1e6)
+    with pytest.raises(train.TrainingDiverged, match=r"non-finite values at step \d+"):
+        train.fit(model, obj, _data(), config=cfg)
+
+
+def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
+    wd = str(tmp_path)
+    train.fit(_model(), OBJ, _data(), config=_config(num_steps=2), workdir=wd)
+    with pytest.raises(ValueError, match=r"checkpoint \(16, 6\) vs model \(16, 8\)"):
+        train.fit(_model(hidden=(8,)), OBJ, _data(), config=_config(num_steps=4), workdir=wd)
+
+
+def test_corrupted_checkpoint_is_an_error_not_a_reinit(tmp_path):
+    wd = str(tmp_path)
+    train.fit(_model(), OBJ, _data(), config=_config(num_steps=2), workdir=wd)
+    shutil.rmtree(os.path.join(wd, "checkpoints", "2", "model"))
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
+        train.fit(_model(), OBJ, _data(), config=_config(num_steps=4), workdir=wd)
+
+
+def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, monkeypatch):
+    wd = str(tmp_path)
+    batch_at = train.batch_at
+
+    def batch_at_then_signal(x, step, **kw):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch_at(x, step, **kw)
+
+    monkeypatch.setattr(train, "batch_at", batch_at_then_signal)
+    with pytest.raises(SystemExit):
+        train.fit(_model(), OBJ, _data(), config=_config(), workdir=wd)
+    assert checkpoint.latest_step(os.path.join(wd, "checkpoints")) == 4
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_batch_size_larger_than_data_is_rejected():
+    with pytest.raises(ValueError, match="batch_size 200 exceeds the 96"):
+        train.fit(_model(), OBJ, _data(), config=_config(batch_size=200))
