@@ -1,0 +1,1 @@
+"""Experiments built on aecore: configs, `train_and_evaluate`, and the `aecore` command."""

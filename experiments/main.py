@@ -1,0 +1,252 @@
+"""The `aecore` command: train an experiment config, evaluate a run, encode data with a run.
+
+aecore train CONFIG [--quick] [--data PATH_OR_NAME] [--workdir DIR] [--config.KEY=VALUE ...]
+aecore evaluate WORKDIR
+aecore encode WORKDIR --data PATH_OR_NAME --out codes.npy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from experiments import configs
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in config.keys():
+        v = config[k]
+        if isinstance(v, ml_collections.ConfigDict):
+            keys += _flat_keys(v, f"{prefix}{k}.")
+        else:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _cast(key: str, text: str, current: Any, field_type: type | None) -> Any:
+    """`text` as the type of the field `key` (whose value is `current`)."""
+    t = field_type if field_type is not None else type(current)
+    if text.lower() in ("none", "null") and (current is None or t is type(None)):
+        return None
+    try:
+        if t is bool:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError(f"expected one of {_TRUE + _FALSE}")
+        if t is int:
+            return int(text)
+        if t is float:
+            return float(text)
+        if t in (tuple, list):
+            parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+            elem = type(current[0]) if current else int
+            return t(_cast(key, p.strip(), elem(), elem) for p in parts)
+        if t is str:
+            return text
+    except ValueError as e:
+        raise ValueError(
+            f"--config.{key}={text!r}: cannot read as {t.__name__} ({e}); the field holds "
+            f"{current!r}"
+        ) from None
+    raise ValueError(f"--config.{key}: fields of type {t.__name__} cannot be set from the CLI")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+    """Sets `config` fields from `KEY=VALUE` strings (KEY dotted, e.g. `train.num_steps`).
+
+    Each value is cast to the type of the field it replaces (bool accepts true/false/1/0, tuples
+    are comma-separated, `none` clears an optional field).
+
+    Raises:
+      ValueError: an unknown key (the message lists the valid keys) or an uncastable value.
+    """
+    valid = _flat_keys(config)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must read KEY=VALUE, e.g. train.num_steps=100")
+        if key not in valid:
+            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
+        *path, name = key.split(".")
+        section = config
+        for p in path:
+            section = section[p]
+        ref = section.get_ref(name)
+        value = _cast(key, text, section[name], ref.get_type())
+        with config.unlocked():  # a type change (e.g. int to float) is allowed when intended
+            section[name] = value
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.KEY=VALUE` / `--config.KEY VALUE` from the other arguments."""
+    rest, overrides = [], []
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config."):
+            body = a[len("--config.") :]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{a} needs a value: {a}=VALUE")
+                body = f"{body}={argv[i + 1]}"
+                i += 1
+            overrides.append(body)
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aecore",
+        description="Train, evaluate and use autoencoders with exact Jacobian regularization.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    t = sub.add_parser(
+        "train",
+        help="train an experiment config (resumes a run found in the workdir)",
+        description="Train experiment CONFIG, evaluate it and write metrics.json and figures. "
+        "Re-running with the same workdir resumes from the latest checkpoint. Override any "
+        "config field with --config.SECTION.KEY=VALUE, e.g. --config.train.num_steps=100 "
+        "--config.objective.contractive=0.5 --config.model.hidden=128.",
+        epilog=f"configs: {', '.join(configs.CONFIGS)}",
+    )
+    t.add_argument("config", metavar="CONFIG", help=f"one of: {', '.join(configs.CONFIGS)}")
+    t.add_argument("--quick", action="store_true", help="the config's quick variant (seconds)")
+    t.add_argument(
+        "--data",
+        default=None,
+        help="dataset name (digits, patches, circle, mnist, ...) or a .npy/.npz/.csv path; "
+        "overrides config.data.name",
+    )
+    t.add_argument("--workdir", default=None, help="output directory (default: runs/CONFIG)")
+    e = sub.add_parser(
+        "evaluate",
+        help="re-evaluate a trained run and rewrite its metrics.json",
+        description="Reload the latest checkpoint and config of WORKDIR, evaluate the model on "
+        "the config's test split, print the metrics and rewrite WORKDIR/metrics.json.",
+    )
+    e.add_argument("workdir", metavar="WORKDIR")
+    c = sub.add_parser(
+        "encode",
+        help="encode data with a trained run and save the codes",
+        description="Encode every example of --data with the model of WORKDIR and save the "
+        "codes [N, d_z] as a .npy file. A .npy file is encoded in its own order; a dataset "
+        "name or other file is encoded as its train split followed by its test split. Inputs "
+        "are normalized with the training statistics of the run.",
+    )
+    c.add_argument("workdir", metavar="WORKDIR")
+    c.add_argument("--data", required=True, help="a .npy file, another data file, or a name")
+    c.add_argument("--out", required=True, help="output .npy file for the codes")
+    c.add_argument("--batch-size", type=int, default=512)
+    return p
+
+
+def _print_metrics(metrics: dict[str, Any], workdir: str) -> None:
+    shown = {k: v for k, v in metrics.items() if k != "figures"}
+    print(json.dumps(shown, indent=2, sort_keys=True))
+    for name, path in metrics.get("figures", {}).items():
+        print(f"{name}: {path}")
+    print(f"metrics and figures in {workdir}")
+
+
+def _train(args, overrides: list[str]) -> dict[str, Any]:
+    from experiments.train import train_and_evaluate
+
+    config = configs.get_config(args.config, quick=args.quick)
+    apply_overrides(config, overrides)
+    if args.data is not None:
+        config.data.name = args.data
+    workdir = args.workdir or os.path.join("runs", args.config)
+    metrics = train_and_evaluate(config, workdir)
+    _print_metrics(metrics, workdir)
+    return metrics
+
+
+def _evaluate(args) -> dict[str, Any]:
+    import time
+
+    from experiments import train as tr
+
+    started = time.perf_counter()
+    cfg = tr.read_config(args.workdir)
+    ds, _ = tr.load_data(cfg["data"])
+    model, step = tr.restore_model(args.workdir, cfg, ds.input_shape)
+    history = None
+    path = os.path.join(args.workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            history = [json.loads(line) for line in f if line.strip()]
+    metrics = tr.evaluate_and_plot(model, ds, cfg, args.workdir, history=history)
+    metrics["steps"] = step
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    tr.write_json(os.path.join(args.workdir, tr.METRICS_FILE), metrics)
+    _print_metrics(metrics, args.workdir)
+    return metrics
+
+
+def _encode(args) -> np.ndarray:
+    from aecore import evaluate
+    from aecore.data import load_dataset
+    from experiments import train as tr
+
+    cfg = tr.read_config(args.workdir)
+    ds, stats = tr.load_data(cfg["data"])  # the training statistics of the run
+    if str(args.data).endswith(".npy"):
+        x = np.load(args.data, allow_pickle=False)
+    else:
+        d = cfg["data"]
+        new = load_dataset(args.data, data_dir=d["data_dir"], seed=d["seed"])
+        x = np.concatenate([new.x_train, new.x_test])
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 2 or int(np.prod(x.shape[1:])) != int(np.prod(ds.input_shape)):
+        raise ValueError(
+            f"{args.data} holds examples of shape {x.shape[1:]}; the model of {args.workdir} "
+            f"takes {ds.input_shape}"
+        )
+    x = x.reshape(x.shape[0], *ds.input_shape)
+    x = ((x - stats["shift"]) / stats["scale"]).astype(np.float32)
+    model, _ = tr.restore_model(args.workdir, cfg, ds.input_shape)
+    codes = evaluate.encode(model, x, batch_size=args.batch_size)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    np.save(args.out, codes)
+    print(f"wrote codes {codes.shape} of {x.shape[0]} examples to {args.out}")
+    return codes
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Entry point of the `aecore` console script; returns the command's result (for tests)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    try:
+        rest, overrides = _split_overrides(argv)
+    except ValueError as e:
+        parser.error(str(e))
+    args = parser.parse_args(rest)
+    if overrides and args.command != "train":
+        parser.error("--config.KEY=VALUE overrides apply to `aecore train` only")
+    if args.command == "train":
+        if args.config not in configs.CONFIGS:
+            parser.error(f"unknown config {args.config!r}; valid: {', '.join(configs.CONFIGS)}")
+        return _train(args, overrides)
+    if args.command == "evaluate":
+        return _evaluate(args)
+    return _encode(args)
+
+
+if __name__ == "__main__":
+    main()

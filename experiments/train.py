@@ -1,0 +1,196 @@
+"""`train_and_evaluate(config, workdir)`: one experiment from a config to metrics and figures.
+
+The ConfigDict is translated into plain keyword arguments and aecore dataclasses here, at the
+boundary; aecore itself never sees ml_collections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from aecore import evaluate, plots
+from aecore.checkpoint import Checkpointer
+from aecore.data import Dataset, load_dataset, normalize
+from aecore.models import make_autoencoder
+from aecore.objective import Objective
+from aecore.train import TrainConfig, fit
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def as_dict(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+    """The config as plain nested dicts (JSON-serialisable; tuples become lists in JSON)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return config.to_dict()
+    return json.loads(json.dumps(config))
+
+
+def load_data(data: dict[str, Any], *, name: str | None = None) -> tuple[Dataset, dict[str, Any]]:
+    """Loads and normalizes the dataset of a config's `data` section.
+
+    Returns:
+      (dataset with normalized inputs, normalization stats of `aecore.data.normalize`).
+    """
+    ds = load_dataset(
+        name or data["name"],
+        data_dir=data["data_dir"],
+        test_fraction=data["test_fraction"],
+        seed=data["seed"],
+        max_examples=data["max_examples"],
+    )
+    x_train, x_test, stats = normalize(ds.x_train, ds.x_test, method=data["normalization"])
+    lo, hi = float(min(x_train.min(), x_test.min())), float(max(x_train.max(), x_test.max()))
+    value_range = "unit" if lo >= 0.0 and hi <= 1.0 else "real"
+    ds = dataclasses.replace(ds, x_train=x_train, x_test=x_test, value_range=value_range)
+    return ds, stats
+
+
+def check_loss_fits_data(objective: Objective, ds: Dataset, output: str) -> None:
+    """Cross-entropy needs targets in [0, 1] and a sigmoid decoder; say so before training."""
+    if objective.loss != "cross_entropy":
+        return
+    if ds.value_range != "unit":
+        lo = float(min(ds.x_train.min(), ds.x_test.min()))
+        hi = float(max(ds.x_train.max(), ds.x_test.max()))
+        raise ValueError(
+            f"the cross-entropy loss needs data in [0, 1], but dataset {ds.name!r} holds values "
+            f"in [{lo:g}, {hi:g}]; set data.normalization='unit', or use "
+            "objective.loss='squared_error' with model.output='identity'"
+        )
+    if output != "sigmoid":
+        raise ValueError(
+            f"the cross-entropy loss needs model.output='sigmoid', got {output!r}; use "
+            "objective.loss='squared_error' for an identity output"
+        )
+
+
+def build_model(cfg: dict[str, Any], input_shape: tuple[int, ...]):
+    """`make_autoencoder` from a config's `model` section (initial weights from train.seed)."""
+    m = cfg["model"]
+    return make_autoencoder(
+        input_shape,
+        hidden=tuple(m["hidden"]),
+        activation=m["activation"],
+        output=m["output"],
+        tied=m["tied"],
+        architecture=m["architecture"],
+        key=cfg["train"]["seed"],
+    )
+
+
+def objective_from(cfg: dict[str, Any]) -> Objective:
+    return Objective(**cfg["objective"])
+
+
+def train_config_from(cfg: dict[str, Any]) -> TrainConfig:
+    return TrainConfig(**cfg["train"])
+
+
+def read_config(workdir: str) -> dict[str, Any]:
+    """The experiment config of a run: stored with its checkpoint, else WORKDIR/config.json."""
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    if os.path.isdir(ckpt_dir):
+        with Checkpointer(ckpt_dir) as ckpt:
+            if ckpt.latest_step() is not None:
+                run = ckpt.read_meta().get("config", {}).get("run")
+                if run:
+                    return run
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{workdir} holds neither a checkpoint nor {CONFIG_FILE}; train a model there first "
+            "with `aecore train CONFIG --workdir DIR`"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def restore_model(workdir: str, cfg: dict[str, Any], input_shape: tuple[int, ...]):
+    """The model of the latest checkpoint in WORKDIR/checkpoints, built from `cfg`."""
+    template = build_model(cfg, input_shape)
+    with Checkpointer(os.path.join(workdir, CHECKPOINT_DIR)) as ckpt:
+        model, _, step, _ = ckpt.restore(template)
+    return model, step
+
+
+def evaluate_and_plot(
+    model, ds: Dataset, cfg: dict[str, Any], workdir: str, *, history: list[dict] | None
+) -> dict[str, Any]:
+    """aecore.evaluate metrics of `model` on `ds`, and the figures, written into `workdir`."""
+    objective = objective_from(cfg)
+    max_examples = 500 if cfg["data"]["max_examples"] else 2000
+    metrics = evaluate.evaluate_model(model, ds, objective, max_examples=max_examples)
+    figures = {}
+    x = ds.x_test[:10]
+    figures["reconstructions"] = plots.save_reconstructions(
+        os.path.join(workdir, "reconstructions.png"), x, evaluate.reconstruct(model, x)
+    )
+    if cfg["model"]["architecture"] == "mlp":
+        kernel = np.asarray(model.encoder.layers[0].kernel[...])
+        figures["filters"] = plots.save_filters(
+            os.path.join(workdir, "filters.png"), kernel, image_shape=ds.input_shape, n=64
+        )
+    if history:
+        figures["loss_curves"] = plots.save_loss_curves(
+            os.path.join(workdir, "loss_curves.png"), history
+        )
+    metrics["figures"] = figures
+    return metrics
+
+
+def write_json(path: str, value: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict | dict, workdir: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Trains (or resumes) the experiment `config` in `workdir`, evaluates it, writes its outputs.
+
+    Writes WORKDIR/config.json, checkpoints, metrics.jsonl and tb/ (by `aecore.train.fit`),
+    metrics.json and the figures reconstructions.png, filters.png (MLPs) and loss_curves.png.
+
+    Returns:
+      The metrics: test `reconstruction_error`, `mean_jacobian_norm` (exact ‖J‖_F),
+      `saturation`, `linear_probe_accuracy` (labelled data only), `steps`, `wall_time_s`,
+      `figures` (name -> path).
+    """
+    started = time.perf_counter()
+    workdir = os.fspath(workdir)
+    cfg = as_dict(config)
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, CONFIG_FILE), cfg)
+    ds, _ = load_data(cfg["data"])
+    objective = objective_from(cfg)
+    check_loss_fits_data(objective, ds, cfg["model"]["output"])
+    train_config = train_config_from(cfg)
+    model = build_model(cfg, ds.input_shape)
+    result = fit(
+        model,
+        objective,
+        ds.x_train,
+        config=train_config,
+        x_test=ds.x_test,
+        workdir=workdir,
+        run_config=cfg,
+    )
+    metrics = evaluate_and_plot(result.model, ds, cfg, workdir, history=result.history)
+    metrics["steps"] = result.step
+    if result.history and "eval_reconstruction" in result.history[-1]:
+        metrics["final_eval_reconstruction"] = result.history[-1]["eval_reconstruction"]
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    write_json(os.path.join(workdir, METRICS_FILE), metrics)
+    return metrics
