@@ -351,16 +351,15 @@ def contraction_curve(
     x0 = x[idx]  # [P, *input_shape]
     u = np.asarray(jax.random.normal(k_dir, x0.shape, jnp.float32), dtype=np.float64)
     u = u / np.linalg.norm(u.reshape(num_pairs, -1), axis=1).reshape(-1, *([1] * (x.ndim - 1)))
-    h0 = encode(model, x0).astype(np.float64)
-    ratio = []
-    for r in radii:
-        x1 = (x0 + r * u).astype(x.dtype)
-        h1 = encode(model, x1).astype(np.float64)
-        # Divide by the realised distance: x' is rounded to the parameter dtype.
-        dist = np.linalg.norm((x1.astype(np.float64) - x0).reshape(num_pairs, -1), axis=1)
-        dist = np.where(dist > 0, dist, r)
-        ratio.append(np.median(np.linalg.norm(h1 - h0, axis=1) / dist))
-    return {"radii": radii, "ratio": np.asarray(ratio)}
+    # Every radius in one encode call (one compiled shape): [(R + 1) * P, *input_shape].
+    x1 = np.stack([(x0 + r * u).astype(x.dtype) for r in radii])  # [R, P, *input_shape]
+    h = encode(model, np.concatenate([x0[None], x1]).reshape(-1, *x.shape[1:]))
+    h = h.astype(np.float64).reshape(radii.size + 1, num_pairs, -1)
+    # Divide by the realised distance: x' is rounded to the parameter dtype.
+    dist = np.linalg.norm((x1.astype(np.float64) - x0).reshape(radii.size, num_pairs, -1), axis=2)
+    dist = np.where(dist > 0, dist, radii[:, None])
+    ratio = np.median(np.linalg.norm(h[1:] - h[:1], axis=2) / dist, axis=1)  # [R]
+    return {"radii": radii, "ratio": ratio}
 
 
 # --------------------------------------------------------------------------------------------
