@@ -82,26 +82,93 @@ def _layer_derivatives(layers: list[Dense], x: jax.Array) -> list[jax.Array]:
     return derivs
 
 
-def _structured(layers: list[Dense], x: jax.Array) -> jax.Array:
+@jax.custom_vjp
+def gram(w: jax.Array) -> jax.Array:
+    """wᵀw [n, n] for w [r, n], with a one-matmul backward.
+
+    Plain autodiff of wᵀw pulls the cotangent back through both operands (two matmuls); since
+    the output is symmetric, dw = w (c + cᵀ) needs one.
+    """
+    return w.T @ w
+
+
+def _gram_fwd(w):
+    return w.T @ w, w
+
+
+def _gram_bwd(w, ct):
+    return (w @ (ct + ct.T),)
+
+
+gram.defvjp(_gram_fwd, _gram_bwd)
+
+
+@jax.custom_vjp
+def sym_quad(m: jax.Array, g: jax.Array) -> jax.Array:
+    """Σ_{k} (m_b g m_bᵀ)_kk = tr(m_b g m_bᵀ) per example for m [B, k, n], g [n, n] SYMMETRIC.
+
+    The forward product p = m g is kept: for symmetric g the cotangent of m is 2 ct_b p_b (no
+    matmul), and that of g is Σ_b ct_b m_bᵀ m_b, one [n, B·k] × [B·k, n] matmul. Plain autodiff
+    needs three such matmuls. Only valid for symmetric g (the caller passes a Gram matrix).
+    """
+    return _sym_quad_fwd(m, g)[0]
+
+
+def _sym_quad_fwd(m, g):
+    p = jnp.einsum("bkn,nm->bkm", m, g)  # [B, k, n]
+    return jnp.sum(p * m, axis=(1, 2)), (m, p)
+
+
+def _sym_quad_bwd(res, ct):
+    m, p = res
+    n = m.shape[-1]
+    ct_m = 2 * ct[:, None, None] * p
+    weighted = (ct[:, None, None] * m).reshape(-1, n)  # [B·k, n]
+    ct_g = weighted.T @ m.reshape(-1, n)  # a matmul: XLA:CPU sums over a leading axis slowly
+    return ct_m, ct_g
+
+
+sym_quad.defvjp(_sym_quad_fwd, _sym_quad_bwd)
+
+STRUCTURED_PRODUCTS = ("direct", "gram")
+
+
+def structured_product(batch: int, code: int, n1: int, d: int) -> str:
+    """ "gram" or "direct": the cheaper last step of the structured route, by multiply-adds.
+
+    direct forms M W_1ᵀ: B·k·n_1·d. gram forms W_1ᵀW_1 once (d·n_1²) and M G: B·k·n_1². The
+    backward passes scale alike (2 matmuls of each size with the symmetric custom backward).
+    """
+    return "gram" if batch * code * n1 * n1 + d * n1 * n1 < batch * code * n1 * d else "direct"
+
+
+def _code_side_chain(layers: list[Dense], derivs: list[jax.Array]) -> jax.Array:
+    """M = D_L W_L ⋯ W_2 D_1, [B, k, n_1], chained from the narrow (code) side."""
+    # The leading D_L is diagonal: a broadcast, not a matmul.
+    m = derivs[-1][:, :, None] * layers[-1].kernel[...].T[None]  # [B, k, n_{L-1}]
+    for layer, deriv in zip(reversed(layers[1:-1]), reversed(derivs[1:-1]), strict=True):
+        m = jnp.einsum("bkn,mn->bkm", m * deriv[:, None, :], layer.kernel[...])
+    return m * derivs[0][:, None, :]
+
+
+def _structured(layers: list[Dense], x: jax.Array, *, product: str | None = None) -> jax.Array:
     """Exact ‖D_L W_L ⋯ D_1 W_1‖²_F per example, chained from the narrow (code) side.
 
-    M = D_L W_L ⋯ W_2 D_1 is [B, k, n_1]; then ‖M W_1‖²_F = tr(M G Mᵀ) with G = W_1 W_1ᵀ shared by
-    the batch when the input is wider than the first layer (cyclic trace identity), else the
-    product M W_1 is formed directly.
+    M = D_L W_L ⋯ W_2 D_1 is [B, k, n_1]; then ‖M W_1‖²_F = tr(M G Mᵀ) with G = W_1ᵀW_1 shared
+    by the batch (cyclic trace identity) when that is cheaper ("gram", typically d > n_1), else
+    the product M W_1 is formed directly ("direct"). `product` forces one of the two.
     """
     if len(layers) == 1:
         return _closed_form(layers, x)
     derivs = _layer_derivatives(layers, x)
-    # m: [B, k, n_l] after absorbing D_l; start at the code layer, whose D_L is diagonal.
-    m = derivs[-1][:, :, None] * layers[-1].kernel[...].T[None]  # [B, k, n_{L-1}]
-    for layer, deriv in zip(reversed(layers[1:-1]), reversed(derivs[1:-1]), strict=True):
-        m = jnp.einsum("bkn,mn->bkm", m * deriv[:, None, :], layer.kernel[...])
-    m = m * derivs[0][:, None, :]  # [B, k, n_1]
+    m = _code_side_chain(layers, derivs)  # [B, k, n_1]
     w1 = layers[0].kernel[...]  # [d, n_1]
     d, n1 = w1.shape
-    if d > n1:
-        gram = w1.T @ w1  # [n_1, n_1]
-        return jnp.einsum("bkn,nm,bkm->b", m, gram, m)
+    if product is None:
+        product = structured_product(x.shape[0], m.shape[1], n1, d)
+    _checks.check_choice("product", product, STRUCTURED_PRODUCTS)
+    if product == "gram":
+        return sym_quad(m, gram(w1))
     return jnp.sum(jnp.einsum("bkn,dn->bkd", m, w1) ** 2, axis=(1, 2))
 
 

@@ -179,3 +179,74 @@ def test_bad_arguments_name_the_value():
         jacobian.frobenius_sq(model.encode, x, mode="jacrev", chunk_size=0)
     with pytest.raises(ValueError, match="num_probes"):
         jacobian.frobenius_sq_estimate(model.encode, x, jax.random.key(0), num_probes=0)
+
+
+# --- structured route: Gram vs direct product, symmetric custom backward (issue #4) ---------
+
+
+def test_gram_and_sym_quad_custom_backward_pass_check_grads(x64):
+    w = _x((7, 4))
+    check_grads(jacobian.gram, (w,), order=1, modes=["rev"])
+    np.testing.assert_allclose(jacobian.gram(w), w.T @ w, rtol=1e-14)
+    m = _x((3, 2, 4), key=2)
+    g = jacobian.gram(_x((6, 4), key=3))
+    expected = jnp.einsum("bkn,nm,bkm->b", m, g, m)
+    np.testing.assert_allclose(jacobian.sym_quad(m, g), expected, rtol=1e-13)
+    # g must stay symmetric for the custom rule, so check gradients through a Gram matrix.
+    check_grads(
+        lambda m_, w_: jacobian.sym_quad(m_, jacobian.gram(w_)),
+        (m, _x((6, 4), key=3)),
+        order=1,
+        modes=["rev"],
+    )
+    plain = jax.grad(lambda m_, w_: jnp.sum(jnp.einsum("bkn,nm,bkm->b", m_, w_.T @ w_, m_)), (0, 1))
+    custom = jax.grad(lambda m_, w_: jnp.sum(jacobian.sym_quad(m_, jacobian.gram(w_))), (0, 1))
+    w3 = _x((6, 4), key=3)
+    for a, b in zip(custom(m, w3), plain(m, w3), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "hidden"),
+    [
+        ((12,), (5, 3)),  # d > n_1: Gram is cheaper
+        ((12,), (6, 4, 2)),
+        ((4,), (9, 3)),  # d < n_1: direct product is cheaper
+        ((3, 4), (15, 7, 2)),  # d < n_1, depth 3
+    ],
+)
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "softplus"])
+def test_structured_products_equal_jacrev_values_and_parameter_gradients(
+    x64, input_shape, hidden, act
+):
+    model = make_autoencoder(input_shape, hidden=hidden, activation=act, key=3, dtype=jnp.float64)
+    x = _x((5, *input_shape), key=4)
+    layers = jacobian.dense_layers(model.encode)
+
+    def penalty(m, route):
+        if route == "jacrev":
+            return jnp.sum(jacobian.frobenius_sq(m.encode, x, mode="jacrev"))
+        if route == "auto":
+            return jnp.sum(jacobian.frobenius_sq(m.encode, x, mode="auto"))
+        return jnp.sum(jacobian._structured(jacobian.dense_layers(m.encode), x, product=route))
+
+    ref_values = jacobian.frobenius_sq(model.encode, x, mode="jacrev")
+    ref_grads = jax.grad(penalty)(model, "jacrev")
+    for product in jacobian.STRUCTURED_PRODUCTS:
+        got = jacobian._structured(layers, x, product=product)
+        np.testing.assert_allclose(got, ref_values, rtol=1e-12, err_msg=product)
+    for route in (*jacobian.STRUCTURED_PRODUCTS, "auto"):
+        grads = jax.jit(jax.grad(penalty), static_argnums=1)(model, route)
+        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-14, err_msg=route)
+
+
+def test_structured_product_choice_follows_the_shapes():
+    assert jacobian.structured_product(128, 32, 256, 784) == "gram"
+    assert jacobian.structured_product(128, 500, 1000, 784) == "direct"
+    assert jacobian.structured_product(128, 32, 256, 196) == "direct"
+    model = make_autoencoder((6,), hidden=(4, 2), key=0)
+    with pytest.raises(ValueError, match="'cholesky'"):
+        jacobian._structured(
+            jacobian.dense_layers(model.encode), jnp.ones((2, 6)), product="cholesky"
+        )

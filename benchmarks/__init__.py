@@ -1,0 +1,1 @@
+"""Benchmarks of aecore (timed outside the unit tests): `python -m benchmarks.jacobian --quick`."""

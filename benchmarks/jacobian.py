@@ -1,0 +1,560 @@
+"""Cost of the exact contractive (CAE) training step per Jacobian route, against a plain AE step.
+
+Run: `python -m benchmarks.jacobian [--quick] [--out PATH] [--devices]`; see benchmarks/README.md.
+Every row times the library's own jitted step (`aecore.train.make_train_step`), routes interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aecore import jacobian, make_autoencoder
+from aecore.objective import Objective, objective_terms
+from aecore.train import make_train_step
+
+ROUTES = (
+    "plain",
+    "auto",
+    "closed_form",
+    "structured",
+    "jacfwd",
+    "jacrev",
+    "hutchinson",
+    "torch_jacrev",
+)
+CONTRACTIVE = 0.1
+LEARNING_RATE = 1e-3
+SLOW_STEP_S = 3.0  # jacfwd/jacrev rows whose single step takes longer are skipped (full run)
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarked autoencoder: `make_autoencoder(input_shape, hidden=..., ...)`."""
+
+    input_shape: tuple[int, ...]
+    hidden: tuple[int, ...]
+    architecture: str = "mlp"
+    activation: str = "sigmoid"
+
+    def build(self, key: int = 0):
+        return make_autoencoder(
+            self.input_shape,
+            hidden=self.hidden,
+            activation=self.activation,
+            architecture=self.architecture,
+            key=key,
+        )
+
+    @property
+    def is_mlp(self) -> bool:
+        return self.architecture == "mlp"
+
+
+MODELS = {
+    "mlp-784-64": ModelSpec((784,), (64,)),
+    "mlp-784-256": ModelSpec((784,), (256,)),
+    "mlp-784-1024": ModelSpec((784,), (1024,)),
+    "mlp-784-256-32": ModelSpec((784,), (256, 32)),
+    "mlp-784-512-256-32": ModelSpec((784,), (512, 256, 32)),
+    "mlp-784-1000-500": ModelSpec((784,), (1000, 500)),
+    "conv-28x28x1-32": ModelSpec((28, 28, 1), (32,), architecture="conv"),
+}
+QUICK_MODELS = ("mlp-784-256", "mlp-784-256-32")
+FULL_MODELS = tuple(MODELS)
+
+
+def applicable_routes(spec: ModelSpec, routes: Sequence[str]) -> list[str]:
+    """Routes that exist for this model (closed_form: one dense layer; structured: MLPs)."""
+    out = []
+    for r in routes:
+        if r == "closed_form" and not (spec.is_mlp and len(spec.hidden) == 1):
+            continue
+        if r == "structured" and not spec.is_mlp:
+            continue
+        if r == "torch_jacrev" and not spec.is_mlp:
+            continue
+        out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps. Every JAX row is `make_train_step(Objective(...), optax.adam)`, except Hutchinson.
+
+
+def _hutchinson_step(optimizer: optax.GradientTransformation, weight: float) -> Callable:
+    """The library step with its contractive term replaced by a 1-probe Hutchinson ESTIMATE.
+
+    The plain objective (reconstruction only) plus weight·mean(frobenius_sq_estimate(encode,
+    x, key, num_probes=1, method="vjp")), under the same value_and_grad + optax update + metrics
+    as `make_train_step`; the Objective has no estimator switch, so this is the one variant
+    written here. vjp (one reverse product per example) is the cheaper direction when k < d.
+    """
+    plain = Objective()
+
+    def loss_fn(m, x, key):
+        k_obj, k_probe = jax.random.split(key)
+        loss, terms = objective_terms(m, x, k_obj, plain)
+        est = weight * jnp.mean(
+            jacobian.frobenius_sq_estimate(m.encode, x, k_probe, num_probes=1, method="vjp")
+        )
+        return loss + est, {**terms, "contractive": est}
+
+    def step(model, opt_state, x, key):
+        (loss, terms), grads = jax.value_and_grad(lambda m: loss_fn(m, x, key), has_aux=True)(model)
+        updates, opt_state = optimizer.update(grads, opt_state, model)
+        model = optax.apply_updates(model, updates)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        return model, opt_state, {"loss": loss, **terms, "grad_norm": grad_norm, "finite": finite}
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+class JaxRunner:
+    """One jitted step of one route, with its own copy of the model and Adam state."""
+
+    def __init__(self, spec: ModelSpec, route: str, x: jax.Array, device=None):
+        optimizer = optax.adam(LEARNING_RATE)
+        if route == "plain":
+            step = make_train_step(Objective(), optimizer)
+        elif route == "hutchinson":
+            step = _hutchinson_step(optimizer, CONTRACTIVE)
+        else:
+            step = make_train_step(
+                Objective(contractive=CONTRACTIVE, jacobian_mode=route), optimizer
+            )
+        model = spec.build()
+        opt_state = optimizer.init(model)
+        if device is not None:
+            model, opt_state, x = jax.device_put((model, opt_state, x), device)
+        self.x = x
+        self.key = jax.random.key(1)
+        t0 = time.perf_counter()
+        lowered = step.lower(model, opt_state, x, self.key)
+        self.compiled = lowered.compile()
+        self.compile_s = time.perf_counter() - t0
+        self.gflop = _flops(self.compiled) / 1e9
+        self.temp_bytes = _temp_bytes(self.compiled)
+        self.model, self.opt_state = model, opt_state
+        self.penalty = None
+
+    def step(self) -> None:
+        self.model, self.opt_state, metrics = self.compiled(
+            self.model, self.opt_state, self.x, self.key
+        )
+        jax.block_until_ready(metrics)
+        if self.penalty is None:  # the first step sees the initial weights, shared by all routes
+            self.penalty = float(metrics.get("contractive", np.nan)) / CONTRACTIVE
+
+
+def _flops(compiled) -> float:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports costs
+        return float("nan")
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def _temp_bytes(compiled) -> float:
+    try:
+        return float(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001
+        return float("nan")
+
+
+class TorchRunner:
+    """The same MLP autoencoder and objective in PyTorch, CAE penalty by torch.func vmap(jacrev).
+
+    Weights are copied from the JAX model, so the first-step penalty must match the JAX routes.
+    """
+
+    def __init__(self, spec: ModelSpec, route: str, x: jax.Array, device=None):
+        del route, device
+        # libgomp threads spin after each parallel region by default, stealing the cores from
+        # the JAX step timed next; passive waiting keeps the interleaved timings independent.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        import torch  # optional extra
+
+        self.torch = torch
+        model = spec.build()
+        enc = [(np.asarray(l.kernel[...]), np.asarray(l.bias[...])) for l in model.encoder.layers]
+        dec = [(np.asarray(l.kernel[...]), np.asarray(l.bias[...])) for l in model.decoder.layers]
+        acts = [l.activation for l in model.encoder.layers]
+        dec_acts = [l.activation for l in model.decoder.layers]
+        self.encoder = self._mlp(enc, acts)
+        self.decoder = self._mlp(dec, dec_acts)
+        self.params = [*self.encoder.parameters(), *self.decoder.parameters()]
+        self.opt = torch.optim.Adam(self.params, lr=LEARNING_RATE)
+        self.x = torch.from_numpy(np.array(x, np.float32).reshape(x.shape[0], -1))
+        self.jac = torch.func.vmap(torch.func.jacrev(self.encoder))
+        self.compile_s, self.gflop, self.temp_bytes, self.penalty = 0.0, float("nan"), None, None
+
+    def _mlp(self, layers, acts):
+        torch = self.torch
+        mods = []
+        for (kernel, bias), act in zip(layers, acts, strict=True):
+            lin = torch.nn.Linear(*kernel.shape)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(kernel.T.copy()))
+                lin.bias.copy_(torch.from_numpy(bias.copy()))
+            mods.append(lin)
+            mods.append(
+                {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}.get(
+                    act, torch.nn.Identity
+                )()
+            )
+        return torch.nn.Sequential(*mods)
+
+    def step(self) -> None:
+        x = self.x
+        self.opt.zero_grad(set_to_none=True)
+        x_hat = self.torch.sigmoid(self.decoder(self.encoder(x)))
+        recon = ((x_hat - x) ** 2).sum(dim=1).mean()
+        pen = (self.jac(x) ** 2).sum(dim=(1, 2)).mean()
+        loss = recon + CONTRACTIVE * pen
+        loss.backward()
+        self.opt.step()
+        if self.penalty is None:
+            self.penalty = float(pen.detach())
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Harness.
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5, device=None) -> float:
+    """float32 GFLOP/s of one large jitted matmul: the physical limit of this machine."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    if device is not None:
+        a = jax.device_put(a, device)
+    f = jax.jit(lambda u: u @ u)
+    jax.block_until_ready(f(a))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a))
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def run_model(
+    name: str,
+    spec: ModelSpec,
+    routes: Sequence[str],
+    *,
+    batch: int = 128,
+    reps: int = 20,
+    warmup: int = 2,
+    skip_slow: bool = False,
+    device=None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Times `routes` round-robin on one model; one record per route (see README columns)."""
+    x = jax.random.uniform(jax.random.key(0), (batch, *spec.input_shape), jnp.float32)
+    runners: dict[str, object] = {}
+    records: dict[str, dict] = {}
+    for route in applicable_routes(spec, routes):
+        base = {"model": name, "route": route, "batch": batch, "note": ""}
+        if route == "torch_jacrev" and not torch_available():
+            log(f"  {name}/{route}: skipped (torch not installed: pip install torch==2.13.0)")
+            continue
+        runner = (TorchRunner if route == "torch_jacrev" else JaxRunner)(spec, route, x, device)
+        t0 = time.perf_counter()
+        runner.step()
+        first_s = time.perf_counter() - t0
+        if skip_slow and route in ("jacfwd", "jacrev", "torch_jacrev") and first_s > SLOW_STEP_S:
+            records[route] = {
+                **base,
+                "ms_per_step": first_s * 1e3,
+                "reps": 1,
+                "compile_s": runner.compile_s,
+                "gflop": runner.gflop,
+                "temp_bytes": runner.temp_bytes,
+                "penalty": runner.penalty,
+                "note": f"one step took {first_s:.1f} s > {SLOW_STEP_S} s: not repeated",
+            }
+            log(f"  {name}/{route}: {first_s:.1f} s per step, skipped from timing")
+            continue
+        runners[route] = runner
+        records[route] = {**base, "compile_s": runner.compile_s}
+    for _ in range(max(warmup - 1, 0)):
+        for runner in runners.values():
+            runner.step()
+    times: dict[str, list[float]] = {r: [] for r in runners}
+    order = list(runners.items())
+    for i in range(reps):  # round-robin, rotated: machine noise hits every route alike
+        for route, runner in order[i % len(order) :] + order[: i % len(order)]:
+            t0 = time.perf_counter()
+            runner.step()
+            times[route].append(time.perf_counter() - t0)
+    for route, runner in runners.items():
+        records[route].update(
+            ms_per_step=statistics.median(times[route]) * 1e3,
+            reps=reps,
+            gflop=runner.gflop,
+            temp_bytes=runner.temp_bytes,
+            penalty=runner.penalty,
+        )
+    out = list(records.values())
+    plain = records.get("plain", {}).get("ms_per_step")
+    torch_ms = records.get("torch_jacrev", {}).get("ms_per_step")
+    for r in out:
+        ms = r["ms_per_step"]
+        r["ratio_to_plain"] = ms / plain if plain else None
+        r["speedup_vs_torch"] = torch_ms / ms if torch_ms else None
+        gflop = r.get("gflop")
+        r["gflops_achieved"] = gflop / (ms / 1e3) if gflop and np.isfinite(gflop) else None
+        r["memory_kind"] = "xla_temp_bytes" if r["route"] != "torch_jacrev" else "n/a"
+        r["route_resolved"] = _resolved(spec, r["route"], x)
+    return out
+
+
+def _resolved(spec: ModelSpec, route: str, x: jax.Array) -> str:
+    """What `auto` (and `structured`) actually run for this model, for the table."""
+    if route not in ("auto", "structured"):
+        return route
+    model = spec.build()
+    mode = jacobian.choose_mode(model.encode, x) if route == "auto" else route
+    if mode == "structured" and len(spec.hidden) > 1:
+        w1 = model.encoder.layers[0].kernel
+        d, n1 = w1.shape
+        return "structured/" + jacobian.structured_product(x.shape[0], spec.hidden[-1], n1, d)
+    return mode
+
+
+def machine_slug(device=None) -> str:
+    """A short name such as `cpu-2core-amd-epyc` (backend, cores, CPU or device kind)."""
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        name = platform.processor() or ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        name = line.split(":", 1)[1]
+                        break
+        except OSError:
+            pass
+        name = re.sub(r"\(.*?\)|processor|cpu|\d+-core", "", name, flags=re.I)
+        words = re.findall(r"[a-z]+", name.lower())[:2] or ["unknown"]
+        return f"cpu-{os.cpu_count()}core-" + "-".join(words)
+    kind = re.sub(r"[^a-z0-9]+", "-", device.device_kind.lower()).strip("-")
+    return f"{device.platform}-{kind}"
+
+
+def sweep(device=None, reps: int = 5, log: Callable[[str], None] = print) -> list[dict]:
+    """Cost vs input width d, code width k, depth and batch (plain, auto, jacrev; sigmoid)."""
+    configs = []
+    for d in (196, 784, 3136):
+        configs.append(("d", d, ModelSpec((d,), (256, 32)), 128))
+    for k in (8, 32, 128):
+        configs.append(("k", k, ModelSpec((784,), (256, k)), 128))
+    for depth, hidden in (
+        (1, (256,)),
+        (2, (256, 32)),
+        (3, (512, 256, 32)),
+        (4, (512, 256, 64, 32)),
+    ):
+        configs.append(("depth", depth, ModelSpec((784,), hidden), 128))
+    for b in (32, 128, 512):
+        configs.append(("batch", b, ModelSpec((784,), (256, 32)), b))
+    out = []
+    for axis, value, spec, batch in configs:
+        name = "mlp-" + "-".join(str(s) for s in (*spec.input_shape, *spec.hidden))
+        recs = run_model(
+            name,
+            spec,
+            ("plain", "auto", "jacrev"),
+            batch=batch,
+            reps=reps,
+            device=device,
+            log=log,
+            skip_slow=True,
+        )
+        for r in recs:
+            out.append({**r, "sweep_axis": axis, "sweep_value": value})
+        log(
+            f"  sweep {axis}={value}: "
+            + ", ".join(f"{r['route']} {r['ms_per_step']:.1f} ms" for r in recs)
+        )
+    return out
+
+
+def plot_sweep(records: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_names = ("d", "k", "depth", "batch")
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, axis in zip(axes, axes_names, strict=True):
+        for route in ("plain", "auto", "jacrev"):
+            pts = sorted(
+                (r["sweep_value"], r["ms_per_step"])
+                for r in records
+                if r["sweep_axis"] == axis and r["route"] == route
+            )
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=route)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(axis)
+        ax.set_ylabel("ms / step")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("CAE step (value_and_grad + Adam) vs d, k, depth, batch (784→256→32 base)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_table(records: Sequence[dict]) -> str:
+    head = (
+        f"{'model':<20} {'route':<13} {'runs':<22} {'ms/step':>9} {'×plain':>7} {'×torch':>7} "
+        f"{'GFLOP':>7} {'GFLOP/s':>8} {'temp MB':>8} {'compile s':>9} {'‖J‖² (1st)':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in records:
+
+        def f(v, fmt):
+            return format(v, fmt) if isinstance(v, int | float) and np.isfinite(v) else "-"
+
+        mb = r.get("temp_bytes")
+        lines.append(
+            f"{r['model']:<20} {r['route']:<13} {r.get('route_resolved', ''):<22} "
+            f"{f(r['ms_per_step'], '9.2f')} {f(r.get('ratio_to_plain'), '7.2f')} "
+            f"{f(r.get('speedup_vs_torch'), '7.2f')} {f(r.get('gflop'), '7.3f')} "
+            f"{f(r.get('gflops_achieved'), '8.1f')} {f(mb / 1e6 if mb else None, '8.1f')} "
+            f"{f(r.get('compile_s'), '9.2f')} {f(r.get('penalty'), '11.5g')}"
+            + (f"  [{r['note']}]" if r.get("note") else "")
+        )
+    return "\n".join(lines)
+
+
+def run_suite(
+    models: dict[str, ModelSpec],
+    routes: Sequence[str] = ROUTES,
+    *,
+    batch: int = 128,
+    reps: int = 20,
+    warmup: int = 2,
+    skip_slow: bool = False,
+    device=None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Records of every (model, route) pair; each model's routes timed round-robin."""
+    records = []
+    for name, spec in models.items():
+        log(f"{name}: {', '.join(applicable_routes(spec, routes))}")
+        records += run_model(
+            name,
+            spec,
+            routes,
+            batch=batch,
+            reps=reps,
+            warmup=warmup,
+            skip_slow=skip_slow,
+            device=device,
+            log=log,
+        )
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two models, ~1 minute")
+    parser.add_argument("--out", default=None, help="results JSON (default results/<machine>.json)")
+    parser.add_argument("--reps", type=int, default=None, help="timed steps per route")
+    parser.add_argument(
+        "--devices", action="store_true", help="run on every jax.devices() kind (one file each)"
+    )
+    args = parser.parse_args(argv)
+    devices = [None]
+    if args.devices:
+        seen = {}
+        for dev in jax.devices():
+            seen.setdefault(dev.device_kind, dev)
+        devices = list(seen.values())
+    all_records = []
+    for device in devices:
+        slug = machine_slug(device)
+        reps = args.reps or (20 if args.quick else 30)
+        names = QUICK_MODELS if args.quick else FULL_MODELS
+        peak = matmul_peak_gflops(device=device)
+        print(
+            f"# {slug}: jax {jax.__version__}, {jax.default_backend()}, "
+            f"float32 matmul peak {peak:.1f} GFLOP/s"
+        )
+        records = run_suite(
+            {n: MODELS[n] for n in names}, reps=reps, skip_slow=not args.quick, device=device
+        )
+        sweep_records = []
+        if not args.quick:
+            sweep_records = sweep(device=device)
+        for r in records + sweep_records:
+            r["fraction_of_matmul_peak"] = (
+                r["gflops_achieved"] / peak if r.get("gflops_achieved") else None
+            )
+        print(format_table(records))
+        meta = {
+            "machine": slug,
+            "date": datetime.date.today().isoformat(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "device_kind": (device or jax.devices()[0]).device_kind,
+            "python": sys.version.split()[0],
+            "matmul_peak_gflops": peak,
+            "quick": args.quick,
+            "contractive": CONTRACTIVE,
+            "memory": "temp_bytes = XLA compiled memory_analysis().temp_size_in_bytes",
+        }
+        if torch_available():
+            import torch
+
+            meta["torch"] = torch.__version__
+            meta["torch_threads"] = torch.get_num_threads()
+        out = args.out if args.out and len(devices) == 1 else None
+        if out is None:
+            os.makedirs(RESULTS_DIR, exist_ok=True)
+            suffix = "-quick" if args.quick else ""
+            out = os.path.join(RESULTS_DIR, f"{slug}{suffix}.json")
+        with open(out, "w") as f:
+            json.dump({"meta": meta, "records": records, "sweep": sweep_records}, f, indent=1)
+        print(f"wrote {out}")
+        if sweep_records:
+            png = os.path.join(RESULTS_DIR, f"{slug}-sweep.png")
+            plot_sweep(sweep_records, png)
+            print(f"wrote {png}")
+        all_records += records
+    return all_records
+
+
+if __name__ == "__main__":
+    main()
