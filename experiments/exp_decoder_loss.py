@@ -126,7 +126,7 @@ def run(args) -> dict[str, Any]:
         "binary": ((x_train > 0.5).astype(np.float32), (x_test > 0.5).astype(np.float32)),
         "real": normalize(x_train, x_test, method="standardize")[:2],
     }
-    steps = 400 if args.quick else 3000
+    steps = 300 if args.quick else 3000
     train = dict(num_steps=steps, batch_size=128, learning_rate=3e-3, log_every=25)
     table, recon, curves = {}, {}, {}
     for name, (kind, output, loss) in SETTINGS.items():

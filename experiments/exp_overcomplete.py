@@ -7,13 +7,16 @@ Digits in [0, 1] (d_x = 64), 256 sigmoid codes, linear decoder, squared error. P
   inputs (0 for a perfect copier; 1 for a constant map);
 - noise ratio ‖x̂(x̃) − x‖² / ‖x̃ − x‖² on test inputs with Gaussian noise σ = 0.2: 1 means the
   noise is copied through (no better than the corrupted input itself), < 1 means it is removed.
-The plain AE copies (small identity distance, noise ratio ≈ 1); every regularizer raises the
-identity distance and lowers the noise ratio. Bar chart: overcomplete.png.
+The plain AE copies (training error ≈ 0, noise ratio ≈ 1: a noisy input comes out as noisy as
+it went in). Weight decay, tied weights, denoising and contraction lower the noise ratio; KL
+sparsity moves the map far from the identity but raises the noise ratio (its few active units
+have high gain: sparsity is not contraction). Bar chart: overcomplete.png.
 
 Command:  python -m experiments.exp_overcomplete [--quick] [--out DIR]
-Expected: plain AE noise ratio ≈ 1 and the smallest identity distance; every regularized
-  variant has a noise ratio < the plain AE's.
-Runtime:  about 2 min on 2 CPU cores; --quick about 15 s.
+Expected (default run here): plain train error 0.039 (0.4% of the data variance), noise ratio
+  1.04; noise ratio 0.53 (weight decay), 0.81 (tied), 0.28 (denoising), 0.53 (contractive),
+  3.65 (sparse, identity distance 1.30 vs plain 0.22).
+Runtime:  about 2 min on 2 CPU cores (shared); --quick about 20 s.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ def run(args) -> dict[str, Any]:
     ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
     x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
     if args.quick:
-        hidden, train = 128, dict(num_steps=800, batch_size=128, learning_rate=1e-2)
+        hidden, train = 128, dict(num_steps=500, batch_size=128, learning_rate=1e-2)
     else:
         hidden, train = 256, dict(num_steps=4000, batch_size=128, learning_rate=1e-2)
     if hidden < x_train.shape[1]:
@@ -130,9 +133,15 @@ def run(args) -> dict[str, Any]:
         "plain_copies_train_error_below_5pct_of_variance": plain["train_error"]
         < 0.05 * data_energy,
         "plain_noise_ratio_near_1": plain["noise_ratio"] > 0.9,
-        "every_regularizer_lowers_noise_ratio": all(
-            v["noise_ratio"] < plain["noise_ratio"] for k, v in table.items() if k != "plain"
+        # Weight decay, tying, denoising and contraction shrink the encoder's gain: less noise
+        # passes through. KL sparsity does not (its few active units have high gain), but its map
+        # is far from the identity: it stops the copy by the other measure.
+        "wd_tied_dae_cae_lower_noise_ratio": all(
+            table[k]["noise_ratio"] < plain["noise_ratio"]
+            for k in ("weight decay", "tied", "denoising", "contractive")
         ),
+        "sparse_map_farther_from_identity": table["sparse (KL)"]["identity_distance"]
+        > plain["identity_distance"],
     }
     results = common.write_results(
         out,

@@ -51,7 +51,7 @@ def run(args) -> dict[str, Any]:
     x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
     image_shape = ds.input_shape
     if args.quick:
-        hidden, train = 128, dict(num_steps=800, batch_size=128, learning_rate=1e-2)
+        hidden, train = 128, dict(num_steps=500, batch_size=128, learning_rate=1e-2)
     else:
         hidden, train = 256, dict(num_steps=4000, batch_size=128, learning_rate=1e-2)
     table = {}
