@@ -40,6 +40,7 @@ ROUTES = (
 CONTRACTIVE = 0.1
 LEARNING_RATE = 1e-3
 SLOW_STEP_S = 3.0  # jacfwd/jacrev rows whose single step takes longer are skipped (full run)
+SLOW_REPS = 5  # timed steps of routes slower than SLOW_STEP_S / 3 (full run's wide models)
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 
 
@@ -188,9 +189,6 @@ class TorchRunner:
 
     def __init__(self, spec: ModelSpec, route: str, x: jax.Array, device=None):
         del route, device
-        # libgomp threads spin after each parallel region by default, stealing the cores from
-        # the JAX step timed next; passive waiting keeps the interleaved timings independent.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch  # optional extra
 
         self.torch = torch
@@ -278,6 +276,7 @@ def run_model(
     """Times `routes` round-robin on one model; one record per route (see README columns)."""
     x = jax.random.uniform(jax.random.key(0), (batch, *spec.input_shape), jnp.float32)
     runners: dict[str, object] = {}
+    first: dict[str, float] = {}
     records: dict[str, dict] = {}
     for route in applicable_routes(spec, routes):
         base = {"model": name, "route": route, "batch": batch, "note": ""}
@@ -302,21 +301,32 @@ def run_model(
             log(f"  {name}/{route}: {first_s:.1f} s per step, skipped from timing")
             continue
         runners[route] = runner
+        first[route] = first_s
         records[route] = {**base, "compile_s": runner.compile_s}
     for _ in range(max(warmup - 1, 0)):
         for runner in runners.values():
             runner.step()
     times: dict[str, list[float]] = {r: [] for r in runners}
+    # Routes slower than SLOW_STEP_S / 3 a step get SLOW_REPS timed steps, not `reps`.
+    caps = {r: reps if first[r] < SLOW_STEP_S / 3 else min(reps, SLOW_REPS) for r in runners}
     order = list(runners.items())
     for i in range(reps):  # round-robin, rotated: machine noise hits every route alike
         for route, runner in order[i % len(order) :] + order[: i % len(order)]:
+            if len(times[route]) >= caps[route]:
+                continue
             t0 = time.perf_counter()
             runner.step()
             times[route].append(time.perf_counter() - t0)
+            if route == "torch_jacrev":
+                # libgomp's threads spin for a while after a parallel region, stealing the cores
+                # from the step timed next; let them go to sleep outside the timed region.
+                time.sleep(0.02)
     for route, runner in runners.items():
+        if len(times[route]) < reps:
+            records[route]["note"] = f"slow route: median of {len(times[route])} steps"
         records[route].update(
             ms_per_step=statistics.median(times[route]) * 1e3,
-            reps=reps,
+            reps=len(times[route]),
             gflop=runner.gflop,
             temp_bytes=runner.temp_bytes,
             penalty=runner.penalty,
