@@ -129,6 +129,15 @@ def evaluate_and_plot(
     objective = objective_from(cfg)
     max_examples = 500 if cfg["data"]["max_examples"] else 2000
     metrics = evaluate.evaluate_model(model, ds, objective, max_examples=max_examples)
+    m = cfg["model"]
+    if m["activation"] == "identity" and m["output"] == "identity" and m["architecture"] == "mlp":
+        # A linear autoencoder with squared error should reach PCA's subspace and error.
+        k = int(m["hidden"][-1])
+        x_train = ds.x_train[:max_examples]
+        metrics["pca_reconstruction_error"] = evaluate.pca_reconstruction_error(
+            x_train, ds.x_test[:max_examples], k
+        )
+        metrics["max_pca_angle_rad"] = float(np.max(evaluate.pca_angles(model, x_train)))
     figures = {}
     x = ds.x_test[:10]
     figures["reconstructions"] = plots.save_reconstructions(

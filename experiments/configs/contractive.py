@@ -16,4 +16,6 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
     c = base_config()
     c.model.hidden = (64,)
     c.objective.contractive = 0.1
+    c.train.num_steps = 10000
+    c.train.checkpoint_every = 2000
     return finish(c, quick=quick)
