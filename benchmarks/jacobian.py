@@ -270,6 +270,7 @@ def run_model(
     reps: int = 20,
     warmup: int = 2,
     skip_slow: bool = False,
+    slow_reps: int = SLOW_REPS,
     device=None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
@@ -307,8 +308,8 @@ def run_model(
         for runner in runners.values():
             runner.step()
     times: dict[str, list[float]] = {r: [] for r in runners}
-    # Routes slower than SLOW_STEP_S / 3 a step get SLOW_REPS timed steps, not `reps`.
-    caps = {r: reps if first[r] < SLOW_STEP_S / 3 else min(reps, SLOW_REPS) for r in runners}
+    # Routes slower than SLOW_STEP_S / 3 a step get `slow_reps` timed steps, not `reps`.
+    caps = {r: reps if first[r] < SLOW_STEP_S / 3 else min(reps, slow_reps) for r in runners}
     order = list(runners.items())
     for i in range(reps):  # round-robin, rotated: machine noise hits every route alike
         for route, runner in order[i % len(order) :] + order[: i % len(order)]:
@@ -476,6 +477,7 @@ def run_suite(
     reps: int = 20,
     warmup: int = 2,
     skip_slow: bool = False,
+    slow_reps: int = SLOW_REPS,
     device=None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
@@ -491,6 +493,7 @@ def run_suite(
             reps=reps,
             warmup=warmup,
             skip_slow=skip_slow,
+            slow_reps=slow_reps,
             device=device,
             log=log,
         )
@@ -523,7 +526,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             f"float32 matmul peak {peak:.1f} GFLOP/s"
         )
         records = run_suite(
-            {n: MODELS[n] for n in names}, reps=reps, skip_slow=not args.quick, device=device
+            {n: MODELS[n] for n in names},
+            reps=reps,
+            skip_slow=not args.quick,
+            slow_reps=3 if args.quick else SLOW_REPS,
+            device=device,
         )
         sweep_records = []
         if not args.quick:
