@@ -500,6 +500,17 @@ def run_suite(
     return records
 
 
+def _json_safe(obj):
+    """NaN (a cost the backend did not report) as null, so the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two models, ~1 minute")
@@ -563,7 +574,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             suffix = "-quick" if args.quick else ""
             out = os.path.join(RESULTS_DIR, f"{slug}{suffix}.json")
         with open(out, "w") as f:
-            json.dump({"meta": meta, "records": records, "sweep": sweep_records}, f, indent=1)
+            payload = {"meta": meta, "records": records, "sweep": sweep_records}
+            json.dump(_json_safe(payload), f, indent=1, allow_nan=False)
         print(f"wrote {out}")
         if sweep_records:
             png = os.path.join(RESULTS_DIR, f"{slug}-sweep.png")
