@@ -485,7 +485,7 @@ def run_suite(
     records = []
     for name, spec in models.items():
         log(f"{name}: {', '.join(applicable_routes(spec, routes))}")
-        records += run_model(
+        model_records = run_model(
             name,
             spec,
             routes,
@@ -497,6 +497,8 @@ def run_suite(
             device=device,
             log=log,
         )
+        log(format_table(model_records))  # partial results survive an interrupted run
+        records += model_records
     return records
 
 
