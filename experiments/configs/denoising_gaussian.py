@@ -2,8 +2,10 @@
 
 Command: `aecore train denoising_gaussian`
 Quick check (seconds): `aecore train denoising_gaussian --quick`
-Expected: RESULT_denoising_gaussian
-Runtime: RUNTIME_denoising_gaussian
+Expected (digits, seed 0): test cross-entropy ≈ 15.0 nats/example, mean ‖J‖_F ≈ 6.6,
+  saturation ≈ 0.14, linear-probe accuracy ≈ 0.98.
+Runtime: about 45 s end to end (3000 steps) on this 2-core CPU, measured while
+  other jobs shared it; --quick about 10 s, mostly compilation.
 """
 
 import ml_collections

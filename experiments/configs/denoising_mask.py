@@ -3,8 +3,10 @@
 
 Command: `aecore train denoising_mask`
 Quick check (seconds): `aecore train denoising_mask --quick`
-Expected: RESULT_denoising_mask
-Runtime: RUNTIME_denoising_mask
+Expected (digits, seed 0): test cross-entropy ≈ 16.4 nats/example, mean ‖J‖_F ≈ 11.1,
+  saturation ≈ 0.38, linear-probe accuracy ≈ 0.99.
+Runtime: about 45 s end to end (3000 steps) on this 2-core CPU, measured while
+  other jobs shared it; --quick about 10 s, mostly compilation.
 """
 
 import ml_collections

@@ -3,8 +3,10 @@ inputs; its 8-unit code spans the principal subspace of the digits (PCA).
 
 Command: `aecore train linear`
 Quick check (seconds): `aecore train linear --quick`
-Expected: RESULT_linear
-Runtime: RUNTIME_linear
+Expected (digits, seed 0): test squared error ≈ 0.0011, equal to rank-8 PCA's 0.0011
+  (`pca_reconstruction_error` in metrics.json); linear-probe accuracy ≈ 0.94.
+Runtime: about 40 s end to end (3000 steps) on this 2-core CPU, measured while
+  other jobs shared it; --quick about 10 s, mostly compilation.
 """
 
 import ml_collections

@@ -3,8 +3,11 @@
 
 Command: `aecore train sparse_kl`
 Quick check (seconds): `aecore train sparse_kl --quick`
-Expected: RESULT_sparse_kl
-Runtime: RUNTIME_sparse_kl
+Expected (digits, seed 0): test cross-entropy ≈ 14.8 nats/example, mean ‖J‖_F ≈ 6.9,
+  saturation ≈ 0.56, linear-probe accuracy ≈ 0.99
+  (most units saturated: mean activation pushed towards ρ = 0.05).
+Runtime: about 50 s end to end (3000 steps) on this 2-core CPU, measured while
+  other jobs shared it; --quick about 10 s, mostly compilation.
 """
 
 import ml_collections

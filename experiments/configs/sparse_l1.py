@@ -2,8 +2,10 @@
 
 Command: `aecore train sparse_l1`
 Quick check (seconds): `aecore train sparse_l1 --quick`
-Expected: RESULT_sparse_l1
-Runtime: RUNTIME_sparse_l1
+Expected (digits, seed 0): test cross-entropy ≈ 14.5 nats/example, mean ‖J‖_F ≈ 10.6,
+  saturation ≈ 0.18, linear-probe accuracy ≈ 0.98.
+Runtime: about 55 s end to end (3000 steps) on this 2-core CPU, measured while
+  other jobs shared it; --quick about 10 s, mostly compilation.
 """
 
 import ml_collections

@@ -2,8 +2,10 @@
 
 Command: `aecore train weight_decay`
 Quick check (seconds): `aecore train weight_decay --quick`
-Expected: RESULT_weight_decay
-Runtime: RUNTIME_weight_decay
+Expected (digits, seed 0): test cross-entropy ≈ 14.5 nats/example, mean ‖J‖_F ≈ 7.7,
+  saturation ≈ 0.01, linear-probe accuracy ≈ 0.97.
+Runtime: about 50 s end to end (3000 steps) on this 2-core CPU, measured while
+  other jobs shared it; --quick about 10 s, mostly compilation.
 """
 
 import ml_collections
