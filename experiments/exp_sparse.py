@@ -1,0 +1,267 @@
+"""Sparse autoencoders (L1 and KL): the KL penalty curve, mean activations tracking ρ, and the
+edge-detector filters learned from natural-image patches (Ng, CS294A "Sparse autoencoder").
+
+What it shows:
+  1. Ω(ρ̂) = KL(ρ‖ρ̂) for ρ = 0.2 on a grid of ρ̂: zero and minimal at ρ̂ = ρ (asserted).
+  2. KL-sparse AEs with several targets ρ (64 sigmoid units on --data): after training, the
+     mean activation of every unit sits near ρ (median per-unit ρ̂ vs ρ, asserted to move
+     toward ρ from the unpenalized AE); an L1 penalty lowers the mean activation as λ grows.
+  3. Ng's setting on 8x8 natural-image patches (Ng normalization to [0.1, 0.9]): 25 sigmoid
+     units, sigmoid output, squared error, ρ = 0.01, β = 3, λ = 1e-4. Ng's objective is
+     (1/m)Σ½‖x̂−x‖² + (λ/2)ΣW² + βΣKL; aecore's squared error has no ½ and its weight decay
+     is λΣW², so the same objective (times 2) is weight_decay=1e-4, kl=2β=6. Adam with large
+     batches replaces L-BFGS. Filters W_l/‖W_l‖ are drawn, and scored by two numbers:
+     spatial spread (energy-weighted std of pixel position, in pixels; white noise ≈ 3.2 on
+     8x8) and orientedness (largest fraction of the spectral energy in a 45° orientation
+     wedge; white noise ≈ 0.25). A filter counts as edge-like when it is both more localized
+     and more oriented than 95% of white-noise filters; PCA components are scored alike.
+
+Command:
+  python -m experiments.exp_sparse            # default: digits + patches, ~2 min on 2 cores
+  python -m experiments.exp_sparse --quick    # seconds (tests)
+
+Expected: KL minimum at ρ̂ = 0.2; per-unit mean activations near each ρ; most patch filters
+edge-like (localized, oriented), PCA components mostly not (global, Fourier-like).
+Runtime here (2 shared CPU cores): see experiments/README.md.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from aecore import Objective, evaluate
+from aecore.data import load_dataset
+from aecore.regularizers import kl_divergence
+from experiments import common
+
+NAME = "sparse"
+
+
+# --------------------------------------------------------------------------------------------
+# Filter statistics (shared with exp_denoising)
+
+
+def filter_stats(kernel: np.ndarray, image_shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Spatial spread and orientedness of each filter (a column of `kernel` [d, k], d = H*W).
+
+    spread: sqrt(Σ_p w_p² ‖p − c‖² / Σ_p w_p²), c the energy centroid, in pixels.
+    orientedness: max over 8 orientation wedges of 45° (centred every 22.5°) of the fraction
+      of the mean-removed filter's spectral energy (DC excluded) whose frequency falls in it.
+    """
+    h, w = image_shape
+    filters = np.asarray(kernel, dtype=np.float64).T.reshape(-1, h, w)  # [k, H, W]
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    energy = filters**2
+    total = energy.sum(axis=(1, 2)) + 1e-12
+    cr = (energy * rows).sum(axis=(1, 2)) / total
+    cc = (energy * cols).sum(axis=(1, 2)) / total
+    dist2 = (rows[None] - cr[:, None, None]) ** 2 + (cols[None] - cc[:, None, None]) ** 2
+    spread = np.sqrt((energy * dist2).sum(axis=(1, 2)) / total)
+
+    centred = filters - filters.mean(axis=(1, 2), keepdims=True)
+    power = np.abs(np.fft.fft2(centred)) ** 2  # [k, H, W]
+    fr, fc = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    angle = np.mod(np.arctan2(fr, fc), np.pi)  # orientation of the frequency, in [0, π)
+    nonzero = (fr != 0) | (fc != 0)
+    power = power * nonzero
+    spectral = power.sum(axis=(1, 2)) + 1e-12
+    best = np.zeros(len(filters))
+    for centre in np.arange(8) * np.pi / 8:
+        diff = np.abs(np.mod(angle - centre + np.pi / 2, np.pi) - np.pi / 2)
+        wedge = (diff <= np.pi / 8 + 1e-9) & nonzero
+        best = np.maximum(best, (power * wedge).sum(axis=(1, 2)) / spectral)
+    return {"spread": spread, "orientedness": best}
+
+
+def noise_thresholds(image_shape: tuple[int, int], *, seed: int = 0) -> dict[str, float]:
+    """5th percentile of spread and 95th of orientedness for 2000 white-noise filters."""
+    rng = np.random.default_rng(seed)
+    stats = filter_stats(rng.standard_normal((int(np.prod(image_shape)), 2000)), image_shape)
+    return {
+        "spread": float(np.percentile(stats["spread"], 5)),
+        "orientedness": float(np.percentile(stats["orientedness"], 95)),
+    }
+
+
+def edge_fraction(kernel: np.ndarray, image_shape: tuple[int, int]) -> dict[str, float]:
+    """Fraction of filters more localized AND more oriented than 95% of white-noise filters."""
+    stats = filter_stats(kernel, image_shape)
+    thr = noise_thresholds(image_shape)
+    edge = (stats["spread"] < thr["spread"]) & (stats["orientedness"] > thr["orientedness"])
+    return {
+        "edge_like_fraction": float(edge.mean()),
+        "mean_spread": float(stats["spread"].mean()),
+        "mean_orientedness": float(stats["orientedness"].mean()),
+        "noise_spread_p5": thr["spread"],
+        "noise_orientedness_p95": thr["orientedness"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The three parts
+
+
+def kl_curve(rho: float = 0.2) -> dict[str, Any]:
+    rho_hat = np.linspace(0.001, 0.999, 999)
+    omega = np.asarray(kl_divergence(rho, jnp.asarray(rho_hat)))
+    argmin = float(rho_hat[np.argmin(omega)])
+    if abs(argmin - rho) > 1e-3 or omega.min() > 1e-6:
+        raise AssertionError(f"KL(ρ‖ρ̂) minimum at ρ̂={argmin} (value {omega.min()}), not at ρ={rho}")
+    return {"rho": rho, "rho_hat": rho_hat, "omega": omega, "argmin": argmin}
+
+
+def activation_vs_target(
+    x_train: np.ndarray, x_test: np.ndarray, *, rhos, l1s, units: int, train: dict, seed: int
+) -> dict[str, Any]:
+    """Per-unit mean activation on x_test for KL targets ρ (and ρ = None: no penalty) and L1 λ."""
+    model = dict(hidden=(units,), activation="sigmoid", output="sigmoid")
+    out: dict[str, Any] = {"kl": {}, "l1": {}}
+    for rho in [None, *rhos]:
+        obj = Objective(loss="cross_entropy", kl=0.0 if rho is None else 3.0, rho=rho or 0.05)
+        fit = common.train_model(x_train, model=model, objective=obj, train=train, seed=seed)
+        out["kl"]["none" if rho is None else str(rho)] = evaluate.encode(fit.model, x_test).mean(0)
+    for lam in l1s:
+        obj = Objective(loss="cross_entropy", l1=lam)
+        fit = common.train_model(x_train, model=model, objective=obj, train=train, seed=seed)
+        out["l1"][str(lam)] = evaluate.encode(fit.model, x_test).mean(0)
+    return out
+
+
+def patch_filters(*, quick: bool, seed: int) -> dict[str, Any]:
+    from sklearn.decomposition import PCA
+
+    ds = load_dataset("patches", num_patches=1000 if quick else 10000, seed=seed)
+    obj = Objective(loss="squared_error", kl=6.0, rho=0.01, weight_decay=1e-4)
+    train = dict(num_steps=100 if quick else 6000, batch_size=500, learning_rate=1e-2)
+    t0 = time.perf_counter()
+    fit = common.train_model(
+        ds.x_train,
+        model=dict(hidden=(25,), activation="sigmoid", output="sigmoid"),
+        objective=obj,
+        train=train,
+        seed=seed,
+    )
+    kernel = np.asarray(fit.model.encoder.layers[0].kernel[...])  # [64, 25]
+    pca = PCA(n_components=25).fit(common.flat(ds.x_train)).components_.T  # [64, 25]
+    rho_hat = evaluate.encode(fit.model, ds.x_test).mean(0)
+    return {
+        "kernel": kernel,
+        "pca": pca,
+        "ae": edge_fraction(kernel, (8, 8)),
+        "pca_stats": edge_fraction(pca, (8, 8)),
+        "mean_activation": float(rho_hat.mean()),
+        "final_loss": fit.history[-1],
+        "train_s": time.perf_counter() - t0,
+        "description": ds.description,
+        "steps": train["num_steps"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def _plot_kl(path, curve) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(curve["rho_hat"], curve["omega"])
+    ax.axvline(curve["rho"], color="gray", ls="--", label=f"ρ = {curve['rho']}")
+    ax.set(xlabel="ρ̂ (mean activation)", ylabel="KL(ρ‖ρ̂)", ylim=(0, 2))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_activations(path, acts, rhos) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    labels = ["none", *[str(r) for r in rhos]]
+    for i, key in enumerate(labels):
+        v = acts["kl"][key]
+        ax.scatter(np.full(v.shape, i) + np.linspace(-0.2, 0.2, len(v)), v, s=5)
+        if key != "none":
+            ax.plot([i - 0.3, i + 0.3], [float(key)] * 2, color="k")
+    ax.set_xticks(range(len(labels)), ["no KL", *[f"ρ={r}" for r in rhos]])
+    ax.set(ylabel="mean activation of each unit (test)", yscale="log")
+    ax.set_title("KL sparsity: per-unit ρ̂ (dots) vs target ρ (bars)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run(args) -> dict[str, Any]:
+    started = time.perf_counter()
+    out = common.out_dir(NAME, args.out)
+    from aecore import plots
+
+    curve = kl_curve(0.2)
+    _plot_kl(out / "kl_curve.png", curve)
+
+    ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
+    x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
+    rhos = (0.05,) if args.quick else (0.02, 0.05, 0.1, 0.2)
+    l1s = () if args.quick else (0.01, 0.1, 1.0)
+    train = dict(num_steps=200 if args.quick else 3000, batch_size=128, learning_rate=3e-3)
+    acts = activation_vs_target(
+        x_train, x_test, rhos=rhos, l1s=l1s, units=64, train=train, seed=args.seed
+    )
+    _plot_activations(out / "activations_vs_rho.png", acts, rhos)
+    base = acts["kl"]["none"]
+    kl_table = {}
+    for rho in rhos:
+        a = acts["kl"][str(rho)]
+        kl_table[str(rho)] = {
+            "median_unit_rho_hat": float(np.median(a)),
+            "mean_rho_hat": float(a.mean()),
+            # |log ρ̂ − log ρ| averaged over units: how far the units are from the target.
+            "mean_abs_log_ratio": float(np.mean(np.abs(np.log(a / rho)))),
+            "no_penalty_mean_abs_log_ratio": float(np.mean(np.abs(np.log(base / rho)))),
+        }
+
+    patches = patch_filters(quick=args.quick, seed=args.seed)
+    plots.save_filters(out / "patch_filters_sparse_ae.png", patches["kernel"], image_shape=(8, 8))
+    plots.save_filters(out / "patch_filters_pca.png", patches["pca"], image_shape=(8, 8))
+
+    results = {
+        "data": ds.description,
+        "kl_curve": {"rho": curve["rho"], "argmin": curve["argmin"]},
+        "kl_activations": kl_table,
+        "no_penalty_mean_activation": float(base.mean()),
+        "l1_mean_activation": {k: float(v.mean()) for k, v in acts["l1"].items()},
+        "activation_train": train,
+        "patches": {
+            "data": patches["description"],
+            "steps": patches["steps"],
+            "sparse_ae": patches["ae"],
+            "pca": patches["pca_stats"],
+            "mean_activation_test": patches["mean_activation"],
+            "final_train_record": patches["final_loss"],
+            "train_s": round(patches["train_s"], 1),
+        },
+    }
+    return common.write_results(out, results, started=started)
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = common.parser(__doc__.split("\n")[0]).parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()
