@@ -131,6 +131,8 @@ def run(args) -> dict[str, Any]:
     out = common.out_dir(NAME, args.out)
     from aecore import plots
 
+    shown = 16 if args.quick else None  # drawing 100 small axes is most of a quick run
+
     ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
     image_shape = ds.input_shape[:2]
     x_train = ds.x_train[:500] if args.quick else ds.x_train
@@ -139,16 +141,16 @@ def run(args) -> dict[str, Any]:
     digits_s = time.perf_counter() - t0
     for q in ("0.0", "0.25", "0.5"):
         plots.save_filters(
-            out / f"filters_mask_q{q}.png", digits[q]["kernel"], image_shape=image_shape
+            out / f"filters_mask_q{q}.png", digits[q]["kernel"], image_shape=image_shape, n=shown
         )
 
     t0 = time.perf_counter()
     patches = patch_filters(quick=args.quick, seed=args.seed)
     patches_s = time.perf_counter() - t0
     plots.save_filters(
-        out / "patch_filters_gaussian_dae.png", patches["kernel"], image_shape=(8, 8)
+        out / "patch_filters_gaussian_dae.png", patches["kernel"], image_shape=(8, 8), n=shown
     )
-    plots.save_filters(out / "patch_filters_pca.png", patches["pca"], image_shape=(8, 8))
+    plots.save_filters(out / "patch_filters_pca.png", patches["pca"], image_shape=(8, 8), n=shown)
 
     t0 = time.perf_counter()
     field = vector_field(quick=args.quick, seed=args.seed)

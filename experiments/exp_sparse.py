@@ -210,6 +210,8 @@ def run(args) -> dict[str, Any]:
     out = common.out_dir(NAME, args.out)
     from aecore import plots
 
+    shown = 16 if args.quick else None  # drawing 100 small axes is most of a quick run
+
     curve = kl_curve(0.2)
     _plot_kl(out / "kl_curve.png", curve)
 
@@ -235,8 +237,10 @@ def run(args) -> dict[str, Any]:
         }
 
     patches = patch_filters(quick=args.quick, seed=args.seed)
-    plots.save_filters(out / "patch_filters_sparse_ae.png", patches["kernel"], image_shape=(8, 8))
-    plots.save_filters(out / "patch_filters_pca.png", patches["pca"], image_shape=(8, 8))
+    plots.save_filters(
+        out / "patch_filters_sparse_ae.png", patches["kernel"], image_shape=(8, 8), n=shown
+    )
+    plots.save_filters(out / "patch_filters_pca.png", patches["pca"], image_shape=(8, 8), n=shown)
 
     results = {
         "data": ds.description,
