@@ -88,7 +88,9 @@ def run_setting(
     return row, x_hat, history
 
 
-def plot(path, panels: list[tuple[str, np.ndarray]], curves: dict[str, list], n: int = 8):
+def plot(
+    path, panels: list[tuple[str, np.ndarray]], curves: dict[str, list], image_shape, n: int = 8
+):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,8 +102,8 @@ def plot(path, panels: list[tuple[str, np.ndarray]], curves: dict[str, list], n:
     for r, (title, imgs) in enumerate(panels):
         for c in range(n):
             ax = fig.add_subplot(grid[r, c])
-            ax.imshow(imgs[c].reshape(8, 8), cmap="gray", vmin=-2 if "real" in title else 0,
-                      vmax=2 if "real" in title else 1)  # fmt: skip
+            lim = (-2, 2) if "real" in title else (0, 1)  # standardized vs [0, 1] pixels
+            ax.imshow(imgs[c].reshape(image_shape[:2]), cmap="gray", vmin=lim[0], vmax=lim[1])
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -151,7 +153,7 @@ def run(args) -> dict[str, Any]:
     panels = [("binary input", data["binary"][1]), ("sigmoid+CE", recon["binary: sigmoid + CE"])]
     panels += [("real input", data["real"][1]), ("real: linear+SE", recon["real: linear + SE"])]
     panels += [("real: sigmoid+SE", recon["real: sigmoid + SE"])]
-    plot(out / "decoder_loss.png", panels, curves)
+    plot(out / "decoder_loss.png", panels, curves, ds.input_shape)
     return common.write_results(
         out,
         {

@@ -40,8 +40,10 @@ def weight_norms(model) -> dict[str, float]:
     """Frobenius norms of the encoder weight and of the decoder weight (Wᵀ when tied)."""
     enc = np.asarray(model.encoder.layers[0].kernel[...], dtype=np.float64)
     dec = enc if model.tied else np.asarray(model.decoder.layers[-1].kernel[...], np.float64)
-    return {"encoder_weight_norm": float(np.linalg.norm(enc)), "decoder_weight_norm": float(
-        np.linalg.norm(dec))}  # fmt: skip
+    return {
+        "encoder_weight_norm": float(np.linalg.norm(enc)),
+        "decoder_weight_norm": float(np.linalg.norm(dec)),
+    }
 
 
 def run(args) -> dict[str, Any]:
