@@ -14,12 +14,15 @@ What it shows (mnist10k when present, else scikit-learn digits):
      test digit, in the 64-unit code of a masking DAE, in rank-64 PCA, and in raw pixels.
 
 Command:
-  python -m experiments.exp_applications            # mnist10k when present, ~3 min
+  python -m experiments.exp_applications            # mnist10k when present, ~4.5 min
   python -m experiments.exp_applications --quick    # seconds (tests)
 
 Expected: AUROC well above 0.5 for every class (the AE close to PCA: both model the normal
 class linearly-ish with the same code size); PSNR of reconstructions above that of the noisy
 inputs; inpainting raises the region's PSNR; code-space precision@10 close to raw pixels.
+Measured here (mnist10k): mean AUROC 0.924 (PCA 0.956); PSNR 10.5 → 20.3 dB (Gaussian σ 0.3),
+12.8 → 18.0 dB (mask q 0.5); inpainted region 5.0 → 7.6 dB after one pass, 6.4 dB after 10
+(iterating drifts); precision@10 DAE code 0.876, PCA 0.913, raw pixels 0.903.
 Runtime here (2 shared CPU cores): see experiments/README.md.
 """
 

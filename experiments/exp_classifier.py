@@ -8,14 +8,16 @@ layer of an MLP (softmax output from zeros) that is fine-tuned end to end with o
 cross-entropy. "raw pixels" means the probe on pixels and the same MLP from a random init.
 
 Command:
-  python -m experiments.exp_classifier              # mnist10k when present (8k/2k), ~6 min
+  python -m experiments.exp_classifier              # mnist10k when present (8k/2k), ~8 min
   python -m experiments.exp_classifier --quick      # seconds (tests)
 
 Expected (full MNIST, 1000 units, Rifai et al. 2011, error after fine-tuning): CAE 1.14%,
 DAE-g 1.18%, AE+wd 1.68%, AE 1.78%. On the 10k subset with a few epochs of pre-training and
 fine-tuning, errors are ~2-3x higher and differences between regularizers are within the
 noise of a 2,000-example test set (±0.3% standard error at 2% error), so the published
-ordering need not reproduce; the README reports what we measured.
+ordering need not reproduce. Measured here (10k subset, 500 units): fine-tuned 4.50-4.75% for
+every AE vs 5.80% from a random init (ordering not reproduced, all within noise); linear probe
+CAE 4.80% < DAE-g 5.45% < AE+wd 5.80% < AE 5.90% (raw pixels 10.65%).
 Runtime here (2 shared CPU cores): see experiments/README.md.
 """
 
