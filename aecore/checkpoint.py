@@ -1,7 +1,16 @@
 """Checkpoints of a training run: model and optimizer state as arrays, step and config as JSON.
 
-Written with orbax-checkpoint (atomic: a step is written to a temporary directory and renamed
-when complete) and restored into freshly built pytrees; nothing is ever unpickled.
+Written with orbax-checkpoint and restored into freshly built pytrees; nothing is ever unpickled
+(arrays are tensorstore/OCDBT chunks, the rest JSON).
+
+What a crash or damage does:
+- A step is written to a temporary directory (`<step>.orbax-checkpoint-tmp-*`) and renamed
+  when complete, so a process killed during a save leaves the previous step as the latest:
+  temporary directories are never listed, and `restore` uses the previous complete step.
+- A complete step whose files were later truncated or corrupted (or a step directory that is
+  empty or not an aecore checkpoint) is NOT skipped: `restore` raises `CheckpointError` naming
+  the step and the older step it would resume from once the damaged one is deleted. Falling
+  back silently would hide lost work; re-initializing silently would discard the run.
 """
 
 from __future__ import annotations
@@ -18,6 +27,13 @@ _MODEL, _OPT, _META = "model", "opt_state", "meta"
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be read (truncated, corrupted, or not an aecore one)."""
+
+
+def _cause(e: BaseException) -> str:
+    """The first line of an exception, shortened (tensorstore appends its whole spec)."""
+    text = " ".join(str(e).split("\n")[0].split())
+    text = text.split(" [tensorstore_spec")[0]
+    return f"{type(e).__name__}: {text[:240]}{'...' if len(text) > 240 else ''}"
 
 
 def _leaf_key(i: int) -> str:
@@ -133,14 +149,11 @@ class Checkpointer:
             out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             meta = out[_META]
         except Exception as e:  # orbax raises many types for damaged files
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} is unreadable "
-                f"({type(e).__name__}: {e}); delete it to start over, or restore an older step"
-            ) from e
+            raise self._unreadable(step, _cause(e)) from e
         if not isinstance(meta, dict) or not {"step", "model"} <= set(meta):
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} has no aecore metadata"
-            )
+            raise self._unreadable(step, "no aecore metadata")
+        if meta["step"] != step:
+            raise self._unreadable(step, f"its metadata records step {meta['step']!r}")
         return meta
 
     def restore(self, model, opt_state=None, *, step: int | None = None):
@@ -174,10 +187,7 @@ class Checkpointer:
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} is unreadable "
-                f"({type(e).__name__}: {e}); delete it to start over, or restore an older step"
-            ) from e
+            raise self._unreadable(step, _cause(e)) from e
         new_model = _fill(model, out[_MODEL])
         new_opt = None if opt_state is None else _fill(opt_state, out[_OPT])
         return new_model, new_opt, int(meta["step"]), meta.get("config", {})
@@ -190,6 +200,15 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _unreadable(self, step: int, why: str) -> CheckpointError:
+        older = [s for s in self.all_steps() if s < step]
+        path = os.path.join(self.directory, str(step))
+        then = f"to resume from step {older[-1]}" if older else "to start over"
+        return CheckpointError(
+            f"checkpoint step {step} in {self.directory} is unreadable ({why}); "
+            f"delete {path} {then}"
+        )
 
     def _step(self, step: int | None) -> int:
         if step is None:

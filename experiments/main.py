@@ -19,6 +19,15 @@ import numpy as np
 
 from experiments import configs
 
+
+class UserError(ValueError):
+    """Bad input found before any work started: `main` prints it as one line, exit code 2."""
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -165,14 +174,18 @@ def _print_metrics(metrics: dict[str, Any], workdir: str) -> None:
 
 
 def _train(args, overrides: list[str]) -> dict[str, Any]:
-    from experiments.train import train_and_evaluate
+    from experiments import train as tr
 
-    config = configs.get_config(args.config, quick=args.quick)
-    apply_overrides(config, overrides)
-    if args.data is not None:
-        config.data.name = args.data
     workdir = args.workdir or os.path.join("runs", args.config)
-    metrics = train_and_evaluate(config, workdir)
+    try:
+        config = configs.get_config(args.config, quick=args.quick)
+        apply_overrides(config, overrides)
+        if args.data is not None:
+            config.data.name = args.data
+        run = tr.prepare(config, workdir)  # validates everything; writes nothing
+    except tr.USER_ERRORS as e:
+        raise UserError(_one_line(e)) from e
+    metrics = tr.run_prepared(run)
     _print_metrics(metrics, workdir)
     return metrics
 
@@ -228,9 +241,36 @@ def _encode(args) -> np.ndarray:
     return codes
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
-    """Entry point of the `aecore` console script; returns the command's result (for tests)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+def main(argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None) -> Any:
+    """Entry point of the `aecore` console script; returns the command's result (for tests).
+
+    Bad input (an unknown config key, a value out of range, unusable data, an incompatible or
+    damaged checkpoint) is found before anything is trained or written. With `exit_on_error`
+    (the default when `argv` is None, i.e. for the console script) it is printed to stderr as
+    one line `error: ...` and the process exits with code 2; a diverged run exits with code 1
+    and an interrupted one with 130, also without a traceback. Otherwise the exception
+    propagates (`UserError`, a ValueError, for bad input). Other exceptions are bugs and keep
+    their traceback.
+    """
+    if exit_on_error is None:
+        exit_on_error = argv is None
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except Exception as e:
+        from aecore.train import TrainingDiverged
+
+        if not exit_on_error or not isinstance(e, UserError | TrainingDiverged):
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(e, UserError) else 1) from None
+    except KeyboardInterrupt as e:
+        if not exit_on_error:
+            raise
+        print(f"error: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main(argv: list[str]) -> Any:
     parser = _parser()
     try:
         rest, overrides = _split_overrides(argv)
@@ -243,9 +283,14 @@ def main(argv: Sequence[str] | None = None) -> Any:
         if args.config not in configs.CONFIGS:
             parser.error(f"unknown config {args.config!r}; valid: {', '.join(configs.CONFIGS)}")
         return _train(args, overrides)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    return _encode(args)
+    from aecore.checkpoint import CheckpointError
+
+    try:
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _encode(args)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        raise UserError(_one_line(e)) from e
 
 
 if __name__ == "__main__":

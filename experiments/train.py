@@ -16,15 +16,19 @@ import ml_collections
 import numpy as np
 
 from aecore import evaluate, plots
-from aecore.checkpoint import Checkpointer
+from aecore.checkpoint import Checkpointer, CheckpointError
 from aecore.data import Dataset, load_dataset, normalize
 from aecore.models import make_autoencoder
 from aecore.objective import Objective
-from aecore.train import TrainConfig, fit
+from aecore.train import TrainConfig, fit, make_optimizer
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
+
+# What `prepare` raises for bad input (config values, data, an incompatible or damaged
+# checkpoint); the `aecore` command prints these as one line and exits with code 2.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, CheckpointError)
 
 
 def as_dict(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
@@ -164,10 +168,92 @@ def write_json(path: str, value: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A validated run: everything `train_and_evaluate` needs, built before any file is written."""
+
+    cfg: dict[str, Any]
+    ds: Dataset
+    objective: Objective
+    train_config: TrainConfig
+    model: Any
+    workdir: str
+
+
+def check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
+    """Restores the latest checkpoint of `workdir` (if any) into `model`'s shapes, or raises.
+
+    Raises:
+      ValueError: the checkpoint holds a model or optimizer state of other shapes.
+      CheckpointError: the checkpoint is truncated or corrupted.
+    """
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(ckpt_dir):  # nothing to resume; do not create the directory here
+        return
+    with Checkpointer(ckpt_dir) as ckpt:
+        if ckpt.latest_step() is None:
+            return
+        try:
+            ckpt.restore(model, make_optimizer(train_config).init(model))
+        except ValueError as e:
+            raise ValueError(
+                f"{e}; train in another workdir, or with the settings of the run saved there"
+            ) from e
+
+
+def prepare(config: ml_collections.ConfigDict | dict, workdir: str | os.PathLike[str]) -> Prepared:
+    """Validates a run completely (config values, data, resumable checkpoint); writes nothing.
+
+    Raises:
+      One of `USER_ERRORS`, whose message names the bad value and what is allowed.
+    """
+    workdir = os.fspath(workdir)
+    cfg = as_dict(config)
+    objective = objective_from(cfg)
+    train_config = train_config_from(cfg)
+    ds, _ = load_data(cfg["data"])
+    check_loss_fits_data(objective, ds, cfg["model"]["output"])
+    n = ds.x_train.shape[0]
+    if train_config.batch_size > n:
+        raise ValueError(
+            f"train.batch_size {train_config.batch_size} exceeds the {n} training examples of "
+            f"dataset {ds.name!r}; use train.batch_size <= {n}"
+        )
+    model = build_model(cfg, ds.input_shape)
+    check_resumable(workdir, model, train_config)
+    return Prepared(cfg, ds, objective, train_config, model, workdir)
+
+
+def run_prepared(run: Prepared) -> dict[str, Any]:
+    """Trains (or resumes) a `prepare`d run, evaluates it, and writes its outputs."""
+    started = time.perf_counter()
+    os.makedirs(run.workdir, exist_ok=True)
+    write_json(os.path.join(run.workdir, CONFIG_FILE), run.cfg)
+    result = fit(
+        run.model,
+        run.objective,
+        run.ds.x_train,
+        config=run.train_config,
+        x_test=run.ds.x_test,
+        workdir=run.workdir,
+        run_config=run.cfg,
+    )
+    metrics = evaluate_and_plot(result.model, run.ds, run.cfg, run.workdir, history=result.history)
+    metrics["steps"] = result.step
+    if result.history and "eval_reconstruction" in result.history[-1]:
+        metrics["final_eval_reconstruction"] = result.history[-1]["eval_reconstruction"]
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    write_json(os.path.join(run.workdir, METRICS_FILE), metrics)
+    return metrics
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict | dict, workdir: str | os.PathLike[str]
 ) -> dict[str, Any]:
     """Trains (or resumes) the experiment `config` in `workdir`, evaluates it, writes its outputs.
+
+    The whole run is validated first (`prepare`): bad input raises before anything in
+    `workdir` is created or overwritten.
 
     Writes WORKDIR/config.json, checkpoints, metrics.jsonl and tb/ (by `aecore.train.fit`),
     metrics.json and the figures reconstructions.png, filters.png (MLPs) and loss_curves.png.
@@ -177,29 +263,4 @@ def train_and_evaluate(
       `saturation`, `linear_probe_accuracy` (labelled data only), `steps`, `wall_time_s`,
       `figures` (name -> path).
     """
-    started = time.perf_counter()
-    workdir = os.fspath(workdir)
-    cfg = as_dict(config)
-    os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, CONFIG_FILE), cfg)
-    ds, _ = load_data(cfg["data"])
-    objective = objective_from(cfg)
-    check_loss_fits_data(objective, ds, cfg["model"]["output"])
-    train_config = train_config_from(cfg)
-    model = build_model(cfg, ds.input_shape)
-    result = fit(
-        model,
-        objective,
-        ds.x_train,
-        config=train_config,
-        x_test=ds.x_test,
-        workdir=workdir,
-        run_config=cfg,
-    )
-    metrics = evaluate_and_plot(result.model, ds, cfg, workdir, history=result.history)
-    metrics["steps"] = result.step
-    if result.history and "eval_reconstruction" in result.history[-1]:
-        metrics["final_eval_reconstruction"] = result.history[-1]["eval_reconstruction"]
-    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
-    write_json(os.path.join(workdir, METRICS_FILE), metrics)
-    return metrics
+    return run_prepared(prepare(config, workdir))
