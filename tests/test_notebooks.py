@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import sys
 
 import pytest
@@ -42,11 +43,17 @@ def test_notebook_is_stored_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_runs(path, monkeypatch):
-    # The kernel inherits this environment: quick settings, no display, and none of the
-    # pytest process's XLA flags (8 virtual devices would only slow the kernel down).
+    # The kernel inherits this environment: quick settings, no display, and not conftest's 8
+    # virtual CPU devices (they would only slow the kernel down).
     monkeypatch.setenv("AECORE_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    xla_flags = re.sub(
+        r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")
+    )
+    if xla_flags.strip():
+        monkeypatch.setenv("XLA_FLAGS", xla_flags.strip())
+    else:
+        monkeypatch.delenv("XLA_FLAGS", raising=False)
     repo = str(NOTEBOOK_DIR.parent)
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
