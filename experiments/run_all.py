@@ -2,7 +2,7 @@
 automatically) and prints a summary table; exits non-zero if any experiment failed.
 
 Command:  python -m experiments.run_all [--quick] [--out ROOT] [--only NAME ...] [--data D]
-Expected: every row "ok". Runtime: --quick about 3-5 min on 2 CPU cores; default runs about
+Expected: every row "ok". Runtime: --quick about 3-5 min on 2 CPU cores; default runs
   about 30 min (see experiments/README.md for each).
 """
 
