@@ -215,7 +215,7 @@ def test_gram_and_sym_quad_custom_backward_pass_check_grads(x64):
         ((3, 4), (15, 7, 2)),  # d < n_1, depth 3
     ],
 )
-@pytest.mark.parametrize("act", ["sigmoid", "tanh", "softplus"])
+@pytest.mark.parametrize("act", ["sigmoid", "softplus"])
 def test_structured_products_equal_jacrev_values_and_parameter_gradients(
     x64, input_shape, hidden, act
 ):
