@@ -213,7 +213,7 @@ def _evaluate(args) -> dict[str, Any]:
 
 
 def _encode(args) -> np.ndarray:
-    from aecore import evaluate
+    from aecore import _checks, evaluate
     from aecore.data import load_dataset
     from experiments import train as tr
 
@@ -225,7 +225,10 @@ def _encode(args) -> np.ndarray:
         d = cfg["data"]
         new = load_dataset(args.data, data_dir=d["data_dir"], seed=d["seed"])
         x = np.concatenate([new.x_train, new.x_test])
+    if not np.issubdtype(np.asarray(x).dtype, np.number):
+        raise ValueError(f"{args.data} must hold real numbers, got dtype {np.asarray(x).dtype}")
     x = np.asarray(x, dtype=np.float32)
+    _checks.check_finite(str(args.data), x)
     if x.ndim < 2 or int(np.prod(x.shape[1:])) != int(np.prod(ds.input_shape)):
         raise ValueError(
             f"{args.data} holds examples of shape {x.shape[1:]}; the model of {args.workdir} "

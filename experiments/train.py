@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -218,6 +219,12 @@ def prepare(config: ml_collections.ConfigDict | dict, workdir: str | os.PathLike
         raise ValueError(
             f"train.batch_size {train_config.batch_size} exceeds the {n} training examples of "
             f"dataset {ds.name!r}; use train.batch_size <= {n}"
+        )
+    devices = jax.device_count()
+    if train_config.data_parallel and train_config.batch_size % devices:
+        raise ValueError(
+            f"train.data_parallel=True needs train.batch_size divisible by the {devices} "
+            f"devices, got {train_config.batch_size}; use a multiple of {devices}"
         )
     model = build_model(cfg, ds.input_shape)
     check_resumable(workdir, model, train_config)

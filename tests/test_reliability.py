@@ -108,6 +108,10 @@ BAD_COMMANDS = [
     (["--config.model.hidden=32,-3"], "hidden width must be a positive integer, got -3"),
     (["--config.train.batch_size=100000"], "batch_size 100000 exceeds the 200 training"),
     (["--config.train.batch_size=0"], "batch_size must be a positive integer, got 0"),
+    (
+        ["--config.train.data_parallel=true", "--config.train.batch_size=30"],
+        "needs train.batch_size divisible by the 8 devices, got 30",
+    ),
     (["--config.train.learning_rate=-1"], "learning_rate must be a finite number > 0"),
     (["--config.train.num_steps=many"], "train.num_steps='many': cannot read as int"),
     (["--config.model.activation=swish"], "unknown activation 'swish'; valid: 'sigmoid'"),
@@ -176,6 +180,40 @@ def test_console_script_prints_one_line_and_exits_2(trained):
     assert errors == ["error: rho must lie in the open interval (0, 1), got 2.0"], proc.stderr
     assert "Traceback" not in proc.stderr
     assert _snapshot(wd) == before
+
+
+def test_evaluate_and_encode_report_bad_input_in_one_line(trained, capsys):
+    root, wd = trained
+    before = _snapshot(wd)
+    out = str(root / "codes.npy")
+    commands = [
+        (["evaluate", str(root / "nowhere")], "holds neither a checkpoint nor config.json"),
+        (["encode", wd, "--data", f"{root}/flat.npy", "--out", out], "takes (8, 8, 1)"),
+        (["encode", wd, "--data", f"{root}/nan.npy", "--out", out], "non-finite"),
+    ]
+    for argv, message in commands:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(argv, exit_on_error=True)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert message in err, err
+    assert not os.path.exists(out)
+    assert _snapshot(wd) == before
+
+
+def test_divergence_through_the_cli_is_one_line_exit_1(trained, monkeypatch, capsys):
+    root, wd = trained
+
+    def diverge(*args, **kwargs):
+        raise train.TrainingDiverged("non-finite values at step 3: kl, loss")
+
+    monkeypatch.setattr("experiments.train.fit", diverge)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([*GOOD, "--workdir", str(root / "diverges")], exit_on_error=True)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == "error: non-finite values at step 3: kl, loss\n"
 
 
 def test_library_callers_still_get_the_exception(trained):
