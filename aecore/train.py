@@ -58,6 +58,7 @@ def make_train_step(
 
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,8 @@ class TrainConfig:
       eval_every: steps between held-out evaluations (0: only at the end).
       checkpoint_every: steps between checkpoints in the workdir (0: only at the end).
       keep_checkpoints: how many of the latest checkpoints to keep.
+      lr_schedule: "constant", or "cosine" (decays from learning_rate to 0 over num_steps; helps
+        slow directions converge, e.g. near-equal eigenvalues in the linear AE's PCA subspace).
       data_parallel: shard each batch over all local devices (parameters replicated).
       progress: show a progress bar.
     """
@@ -87,6 +90,7 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    lr_schedule: str = "constant"
     data_parallel: bool = False
     progress: bool = True
 
@@ -98,16 +102,18 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
         _checks.check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _checks.check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         lr = self.learning_rate
         if not (isinstance(lr, int | float) and lr > 0 and lr < float("inf")):
             raise ValueError(f"learning_rate must be a finite number > 0, got {lr!r}")
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """The optax optimizer named by `config.optimizer`."""
-    return {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd}[config.optimizer](
-        config.learning_rate
-    )
+    """The optax optimizer named by `config.optimizer`, with `config.lr_schedule`."""
+    lr = config.learning_rate
+    if config.lr_schedule == "cosine":
+        lr = optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
+    return {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd}[config.optimizer](lr)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -265,6 +271,13 @@ def fit(
         raise ValueError(
             f"batch_size {config.batch_size} exceeds the {x_train.shape[0]} training examples"
         )
+    # Checked here, before any step: inside the jitted step the values are not concrete, and a
+    # cross-entropy on data outside [0, 1] would silently run the loss to -inf.
+    for name, x in (("x_train", x_train), ("x_test", x_test)):
+        if x is not None:
+            _checks.check_finite(name, x)
+            if objective.loss == "cross_entropy":
+                _checks.check_unit_interval(name, x)
     if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(
             f"x_test examples have shape {x_test.shape[1:]}, x_train {x_train.shape[1:]}"

@@ -92,9 +92,15 @@ def test_divergence_names_step_and_term_and_keeps_checkpoint(tmp_path):
     wd = str(tmp_path)
     x = _data()
     train.fit(_model(), OBJ, x, config=_config(num_steps=6, checkpoint_every=3), workdir=wd)
-    bad = np.full_like(x, np.nan)
+    bad = np.full_like(x, 1e30)  # finite data whose squared error overflows float32 to inf
     with pytest.raises(train.TrainingDiverged, match=r"step 6: .*reconstruction"):
-        train.fit(_model(), OBJ, bad, config=_config(num_steps=12, checkpoint_every=3), workdir=wd)
+        train.fit(
+            _model(),
+            Objective(loss="squared_error"),  # cross-entropy would reject such data up front
+            bad,
+            config=_config(num_steps=12, checkpoint_every=3),
+            workdir=wd,
+        )
     model, _, step, _ = checkpoint.restore_checkpoint(os.path.join(wd, "checkpoints"), _model())
     assert step == 6
     assert all(np.isfinite(v).all() for v in _leaves(model))
@@ -142,3 +148,47 @@ def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, monkeypatch):
 def test_batch_size_larger_than_data_is_rejected():
     with pytest.raises(ValueError, match="batch_size 200 exceeds the 96"):
         train.fit(_model(), OBJ, _data(), config=_config(batch_size=200))
+
+
+def test_fit_rejects_bad_data_before_any_step():
+    import numpy as np
+    import pytest
+
+    from aecore import Objective, make_autoencoder
+    from aecore.train import TrainConfig, fit
+
+    model = make_autoencoder((4,), hidden=(2,), key=0)
+    config = TrainConfig(num_steps=2, batch_size=2, progress=False)
+    x = np.full((4, 4), 0.5, np.float32)
+    x_real = x.copy()
+    x_real[0, 0] = -3.0
+    with pytest.raises(ValueError, match=r"cross-entropy.*\[-3, 0\.5\]"):
+        fit(model, Objective(loss="cross_entropy"), x_real, config=config)
+    x_nan = x.copy()
+    x_nan[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"x_train contains 1 non-finite.*\(1, 2\)"):
+        fit(model, Objective(), x_nan, config=config)
+    with pytest.raises(ValueError, match="x_test contains"):
+        fit(model, Objective(), x, x_test=x_nan, config=config)
+
+
+def test_cosine_schedule_decays_the_step_to_zero():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import pytest
+
+    from aecore.train import TrainConfig, make_optimizer
+
+    config = TrainConfig(num_steps=10, learning_rate=0.1, lr_schedule="cosine", optimizer="sgd")
+    opt = make_optimizer(config)
+    params = jnp.zeros(1)
+    state = opt.init(params)
+    steps = []
+    for _ in range(11):
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts and floats
+            update, state = opt.update(jnp.ones(1), state, params)
+        steps.append(float(-update[0]))
+    np.testing.assert_allclose([steps[0], steps[5], steps[10]], [0.1, 0.05, 0.0], atol=1e-7)
+    with pytest.raises(ValueError, match="'linear'"):
+        TrainConfig(lr_schedule="linear")
