@@ -55,6 +55,7 @@ def base_config(*, quick: bool = False) -> ml_collections.ConfigDict:
             "num_steps": 3000,
             "batch_size": 64,
             "learning_rate": 3e-3,
+            "lr_schedule": "constant",
             "optimizer": "adam",
             "seed": 0,
             "log_every": 100,

@@ -3,10 +3,12 @@ inputs; its 8-unit code spans the principal subspace of the digits (PCA).
 
 Command: `aecore train linear`
 Quick check (seconds): `aecore train linear --quick`
-Expected (digits, seed 0): test squared error ≈ 0.0011, equal to rank-8 PCA's 0.0011
-  (`pca_reconstruction_error` in metrics.json); linear-probe accuracy ≈ 0.94.
-Runtime: about 40 s end to end (3000 steps) on this 2-core CPU, measured while
-  other jobs shared it; --quick about 10 s, mostly compilation.
+Expected (digits, seed 0): test squared error 0.0010988, equal to rank-8 PCA's 0.0010985
+  (`pca_reconstruction_error` in metrics.json); largest principal angle between the decoder's
+  subspace and scikit-learn PCA's 8 components 0.0047 rad (`max_pca_angle_rad`); linear-probe
+  accuracy 0.92. Full-batch Adam with a cosine-decayed step: with minibatches of 64 at a
+  constant step the near-degenerate directions keep moving (angle ≈ 0.9 rad at equal error).
+Runtime: 14 s end to end (3000 full-batch steps) on this 2-core CPU; --quick a few seconds.
 """
 
 import ml_collections
@@ -21,5 +23,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
     c.model.activation = "identity"
     c.model.output = "identity"
     c.objective.loss = "squared_error"
-    c.train.learning_rate = 1e-3
+    c.train.batch_size = 1024  # (nearly) full batch: the PCA subspace is an exact optimum
+    c.train.learning_rate = 1e-2
+    c.train.lr_schedule = "cosine"
     return finish(c, quick=quick)
