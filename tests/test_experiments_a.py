@@ -74,8 +74,11 @@ def test_decoder_loss(tmp_path):
     )
     assert s["real: sigmoid + SE"]["fraction_outputs_outside_unit_interval"] == 0.0
     assert s["real: linear + CE"]["eager_check"].startswith("ValueError")
-    # Under jit nothing checks the targets: the CE becomes negative (impossible for x in [0, 1]).
-    assert s["real: linear + CE"]["min_train_loss"] < 0
+    # fit rejects the targets before any step, naming the allowed range.
+    assert s["real: linear + CE"]["status"].startswith("rejected: ValueError")
+    assert "[0, 1]" in s["real: linear + CE"]["status"]
+    assert "min_train_loss" not in s["real: linear + CE"]
+    assert r["checks"]["linear_CE_on_real_rejected_before_training"]
     assert s["binary: sigmoid + CE"]["eager_check"] == "accepted"
 
 
