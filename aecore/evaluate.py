@@ -114,6 +114,53 @@ def reconstruction_error(model, x, *, loss: str, batch_size: int = 512) -> float
     return float(np.mean(per_example))
 
 
+def noise_ratio(model, x, *, sigma: float, seed: int) -> float:
+    """How much added noise survives reconstruction: ‖x̂(x̃) − x‖² / ‖x̃ − x‖², summed over x.
+
+    x̃ = x + N(0, σ²) drawn with `numpy.random.default_rng(seed)`. 1 means the model passes the
+    noise through (a copier); a model that maps x̃ back onto the data gives less.
+
+    Args:
+      model: an autoencoder.
+      x: clean inputs [N, *input_shape].
+      sigma: noise standard deviation, > 0.
+      seed: numpy seed of the noise.
+
+    Returns:
+      The ratio, a plain float.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    x = _check_x(model, x)
+    rng = np.random.default_rng(seed)
+    x_tilde = (x + sigma * rng.standard_normal(x.shape)).astype(x.dtype)
+    x_hat = reconstruct(model, x_tilde)
+    return float(np.sum((x_hat - x) ** 2) / np.sum((x_tilde - x) ** 2))
+
+
+def psnr(x_hat, x, mask=None) -> np.ndarray:
+    """Peak signal-to-noise ratio per image in dB, peak value 1: 10 log10(1 / MSE).
+
+    Args:
+      x_hat: reconstructions [N, *shape].
+      x: references [N, *shape], values in [0, 1].
+      mask: optional boolean [*shape] or [N, *shape]; the MSE is then over the True pixels.
+
+    Returns:
+      [N] PSNR in dB (the MSE is floored at 1e-10, so identical images give 100 dB).
+    """
+    x_hat, x = np.asarray(x_hat, np.float64), np.asarray(x)
+    if x_hat.shape != x.shape:
+        raise ValueError(f"x_hat and x differ in shape: {x_hat.shape} vs {x.shape}")
+    err = ((x_hat - x) ** 2).reshape(len(x), -1)
+    if mask is not None:
+        m = np.broadcast_to(mask, x.shape).reshape(len(x), -1)
+        mse = (err * m).sum(1) / m.sum(1)
+    else:
+        mse = err.mean(1)
+    return 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
+
+
 # --------------------------------------------------------------------------------------------
 # Jacobians
 
@@ -233,6 +280,27 @@ def linear_probe(
     clf.fit(codes_train, y_train)
     accuracy = float(clf.score(codes_test, y_test))
     return {"accuracy": accuracy, "error": 1.0 - accuracy}
+
+
+def precision_at_k(codes_train, y_train, codes_test, y_test, *, k: int) -> float:
+    """Retrieval precision@k: the mean fraction of each test code's k nearest training codes
+    (Euclidean) that share its label.
+
+    Args:
+      codes_train: [N, d_z] codes searched. y_train: [N] their labels.
+      codes_test: [M, d_z] query codes. y_test: [M] their labels.
+      k: neighbours per query, 1 ≤ k ≤ N.
+
+    Returns:
+      Precision in [0, 1], a plain float.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    _checks.check_positive_int("k", k)
+    if k > len(codes_train):
+        raise ValueError(f"k must be <= the {len(codes_train)} training codes, got {k}")
+    _, idx = NearestNeighbors(n_neighbors=k).fit(codes_train).kneighbors(codes_test)
+    return float(np.mean(np.asarray(y_train)[idx] == np.asarray(y_test)[:, None]))
 
 
 # --------------------------------------------------------------------------------------------

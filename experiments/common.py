@@ -5,9 +5,11 @@ from plain keyword arguments, and writing results.json. No experiment logic live
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,11 @@ def mnist_10k_available() -> bool:
     return MNIST_10K.is_file()
 
 
+def mnist_10k_or_digits() -> str:
+    """The default --data of the experiments that want real digits: 'mnist10k' where present."""
+    return "mnist10k" if mnist_10k_available() else "digits"
+
+
 def load_data(
     data: str, *, data_dir: str | None = None, seed: int = 0, max_examples: int | None = None
 ) -> Dataset:
@@ -81,6 +88,71 @@ def train_model(
     net = make_autoencoder(x_train.shape[1:], key=seed, **model)
     config = TrainConfig(seed=seed, progress=False, **train)
     return fit(net, objective, x_train, config=config)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every experiment's `run` starts from."""
+
+    started: float  # time.perf_counter() at the start, for results.json's wall time
+    out: Path  # output folder (exists)
+    ds: Dataset  # the --data dataset as loaded
+    x_train: np.ndarray  # [N, prod(input_shape)]
+    x_test: np.ndarray  # [M, prod(input_shape)]
+
+
+def setup(name: str, args: argparse.Namespace, *, labelled: bool = False) -> Setup:
+    """Starts the clock, makes the output folder, loads --data and flattens its inputs.
+
+    Raises:
+      ValueError: `labelled` and the dataset has no labels.
+    """
+    started = time.perf_counter()
+    out = out_dir(name, args.out)
+    ds = load_data(args.data, data_dir=args.data_dir, seed=args.seed)
+    if labelled and ds.y_train is None:
+        raise ValueError(f"exp_{name} needs labelled data, got {args.data!r} without labels")
+    return Setup(started, out, ds, flat(ds.x_train), flat(ds.x_test))
+
+
+def finish(
+    name: str,
+    s: Setup,
+    args: argparse.Namespace,
+    fields: dict[str, Any],
+    *,
+    checks: dict[str, bool],
+    strict: bool = False,
+) -> dict[str, Any]:
+    """Writes results.json: the dataset description, the --quick flag, `fields` and `checks`.
+
+    With `strict`, raises RuntimeError naming the failed checks (after writing, so the results
+    stay on disk for inspection).
+    """
+    results = write_results(
+        s.out,
+        {"data": s.ds.description, "quick": bool(args.quick), **fields, "checks": checks},
+        started=s.started,
+    )
+    failed = [k for k, ok in checks.items() if not ok]
+    if strict and failed:
+        raise RuntimeError(f"exp_{name} checks failed: {failed} (results in {s.out})")
+    return results
+
+
+def main_for(
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    doc: str,
+    *,
+    default_data: str = "digits",
+) -> Callable[[list[str] | None], dict[str, Any]]:
+    """An experiment's `main(argv)`: parses the common flags (description: `doc`'s first line)
+    and returns `run(args)`."""
+
+    def main(argv: list[str] | None = None) -> dict[str, Any]:
+        return run(parser(doc.splitlines()[0], default_data=default_data).parse_args(argv))
+
+    return main
 
 
 def to_jsonable(value: Any) -> Any:

@@ -40,18 +40,6 @@ from experiments import common
 NAME = "applications"
 
 
-def psnr(x_hat: np.ndarray, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Per-image PSNR in dB with peak value 1; over the pixels where `mask` is True if given."""
-    err = (np.asarray(x_hat, np.float64) - x) ** 2
-    err = err.reshape(len(x), -1)
-    if mask is not None:
-        m = np.broadcast_to(mask, x.shape).reshape(len(x), -1)
-        mse = (err * m).sum(1) / m.sum(1)
-    else:
-        mse = err.mean(1)
-    return 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
-
-
 def squared_error(x_hat: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.sum((np.asarray(x_hat, np.float64) - x).reshape(len(x), -1) ** 2, axis=1)
 
@@ -108,13 +96,10 @@ def inpaint(model, x_masked: np.ndarray, mask: np.ndarray, *, iterations: int) -
 
 
 def run(args) -> dict[str, Any]:
-    started = time.perf_counter()
-    out = common.out_dir(NAME, args.out)
     from aecore import plots
 
-    ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
-    if ds.y_train is None:
-        raise ValueError(f"exp_applications needs labelled data, got {args.data!r}")
+    ctx = common.setup(NAME, args, labelled=True)
+    out, ds = ctx.out, ctx.ds
     x_train, x_test = ds.x_train, ds.x_test
     if args.quick:
         x_test = x_test[:300]
@@ -144,8 +129,8 @@ def run(args) -> dict[str, Any]:
         x_hat = evaluate.reconstruct(daes[kind], x_noisy)
         denoise[kind] = {
             "level": level,
-            "psnr_noisy_db": float(psnr(x_noisy, x_test).mean()),
-            "psnr_reconstructed_db": float(psnr(x_hat, x_test).mean()),
+            "psnr_noisy_db": float(evaluate.psnr(x_noisy, x_test).mean()),
+            "psnr_reconstructed_db": float(evaluate.psnr(x_hat, x_test).mean()),
         }
         plots.save_reconstructions(out / f"denoising_{kind}.png", x_noisy, x_hat)
     timing["denoising"] = time.perf_counter() - t0
@@ -157,10 +142,10 @@ def run(args) -> dict[str, Any]:
     inpainting = {
         "iterations": 10,
         "region": f"centred square of side {int(np.sqrt(mask.sum()))} px",
-        "psnr_region_before_db": float(psnr(x_masked, x_test, mask).mean()),
-        "psnr_region_after_db": float(psnr(x_filled, x_test, mask).mean()),
+        "psnr_region_before_db": float(evaluate.psnr(x_masked, x_test, mask).mean()),
+        "psnr_region_after_db": float(evaluate.psnr(x_filled, x_test, mask).mean()),
         "psnr_region_one_pass_db": float(
-            psnr(inpaint(daes["mask"], x_masked, mask, iterations=1), x_test, mask).mean()
+            evaluate.psnr(inpaint(daes["mask"], x_masked, mask, iterations=1), x_test, mask).mean()
         ),
     }
     plots.save_reconstructions(out / "inpainting.png", x_masked, x_filled)
@@ -185,7 +170,7 @@ def run(args) -> dict[str, Any]:
         "raw_pixels": (a, b),
     }
     retrieval = {
-        name: precision_at_k(tr, ds.y_train, te, ds.y_test, k=10)
+        name: evaluate.precision_at_k(tr, ds.y_train, te, ds.y_test, k=10)
         for name, (tr, te) in spaces.items()
     }
     timing["retrieval"] = time.perf_counter() - t0
@@ -201,21 +186,10 @@ def run(args) -> dict[str, Any]:
         "retrieval_code_size": code,
         "seconds": {k: round(v, 1) for k, v in timing.items()},
     }
-    return common.write_results(out, results, started=started)
+    return common.write_results(out, results, started=ctx.started)
 
 
-def precision_at_k(codes_train, y_train, codes_test, y_test, *, k: int) -> float:
-    """Mean fraction of the k nearest training examples (Euclidean) sharing the query's label."""
-    from sklearn.neighbors import NearestNeighbors
-
-    _, idx = NearestNeighbors(n_neighbors=k).fit(codes_train).kneighbors(codes_test)
-    return float(np.mean(np.asarray(y_train)[idx] == np.asarray(y_test)[:, None]))
-
-
-def main(argv=None) -> dict[str, Any]:
-    default = "mnist10k" if common.mnist_10k_available() else "digits"
-    args = common.parser(__doc__.split("\n")[0], default_data=default).parse_args(argv)
-    return run(args)
+main = common.main_for(run, __doc__, default_data=common.mnist_10k_or_digits())
 
 
 if __name__ == "__main__":

@@ -134,12 +134,8 @@ def init_params(kernel: np.ndarray, bias: np.ndarray, num_classes: int) -> dict[
 
 
 def run(args) -> dict[str, Any]:
-    started = time.perf_counter()
-    out = common.out_dir(NAME, args.out)
-    ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
-    if ds.y_train is None:
-        raise ValueError(f"exp_classifier needs labelled data, got {args.data!r} without labels")
-    x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
+    ctx = common.setup(NAME, args, labelled=True)
+    out, ds, x_train, x_test = ctx.out, ctx.ds, ctx.x_train, ctx.x_test
     y_train, y_test = np.asarray(ds.y_train), np.asarray(ds.y_test)
     if args.quick:
         x_train, y_train, x_test, y_test = x_train[:300], y_train[:300], x_test[:200], y_test[:200]
@@ -216,7 +212,7 @@ def run(args) -> dict[str, Any]:
         "seconds": {k: round(v, 1) for k, v in timing.items()},
     }
     _plot_table(out / "test_errors.png", table)
-    return common.write_results(out, results, started=started)
+    return common.write_results(out, results, started=ctx.started)
 
 
 def _plot_table(path, table) -> None:
@@ -240,10 +236,7 @@ def _plot_table(path, table) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> dict[str, Any]:
-    default = "mnist10k" if common.mnist_10k_available() else "digits"
-    args = common.parser(__doc__.split("\n")[0], default_data=default).parse_args(argv)
-    return run(args)
+main = common.main_for(run, __doc__, default_data=common.mnist_10k_or_digits())
 
 
 if __name__ == "__main__":

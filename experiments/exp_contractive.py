@@ -19,7 +19,6 @@ Runtime:  about 2.5 min on 2 shared CPU cores (digits); --quick about 20 s.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jax
@@ -169,10 +168,8 @@ def part_c(x_train, *, hidden: int, steps: int, seed: int) -> dict[str, Any]:
 
 
 def run(args) -> dict[str, Any]:
-    started = time.perf_counter()
-    out = common.out_dir(NAME, args.out)
-    ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
-    x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
+    ctx = common.setup(NAME, args)
+    out, x_train, x_test = ctx.out, ctx.x_train, ctx.x_test
     if args.quick:
         a = part_a(n=500, steps=1000, weight=0.1, seed=args.seed, out=out)
         x_train, x_test = x_train[:600], x_test[:200]
@@ -193,26 +190,11 @@ def run(args) -> dict[str, Any]:
         < m["AE"]["mean_jacobian_frobenius"],
         "closed_form_equals_exact_1e-4": c["max_abs_param_diff"] < 1e-4,
     }
-    results = common.write_results(
-        out,
-        {
-            "data": ds.description,
-            "quick": bool(args.quick),
-            "part_a_2d": a,
-            "part_b_contraction": b,
-            "part_c_closed_form_vs_exact": c,
-            "checks": checks,
-        },
-        started=started,
-    )
-    failed = [name for name, ok in checks.items() if not ok]
-    if failed:
-        raise RuntimeError(f"exp_contractive checks failed: {failed} (results in {out})")
-    return results
+    results = {"part_a_2d": a, "part_b_contraction": b, "part_c_closed_form_vs_exact": c}
+    return common.finish(NAME, ctx, args, results, checks=checks, strict=True)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(common.parser(__doc__.splitlines()[0]).parse_args(argv))
+main = common.main_for(run, __doc__)
 
 
 if __name__ == "__main__":

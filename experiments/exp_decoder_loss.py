@@ -22,7 +22,6 @@ Runtime:  about 1 min on 2 CPU cores; --quick about 10 s.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -124,10 +123,8 @@ def plot(
 
 
 def run(args) -> dict[str, Any]:
-    started = time.perf_counter()
-    out = common.out_dir(NAME, args.out)
-    ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
-    x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
+    ctx = common.setup(NAME, args)
+    out, ds, x_train, x_test = ctx.out, ctx.ds, ctx.x_train, ctx.x_test
     data = {
         "binary": ((x_train > 0.5).astype(np.float32), (x_test > 0.5).astype(np.float32)),
         "real": normalize(x_train, x_test, method="standardize")[:2],
@@ -159,25 +156,18 @@ def run(args) -> dict[str, Any]:
     panels += [("real input", data["real"][1]), ("real: linear+SE", recon["real: linear + SE"])]
     panels += [("real: sigmoid+SE", recon["real: sigmoid + SE"])]
     plot(out / "decoder_loss.png", panels, curves, ds.input_shape)
-    return common.write_results(
-        out,
-        {
-            "data": ds.description,
-            "quick": bool(args.quick),
-            "train": train,
-            "real_test_unit_interval_floor": real_floor,
-            "real_test_fraction_outside_unit_interval": float(
-                np.mean((data["real"][1] < 0) | (data["real"][1] > 1))
-            ),
-            "settings": table,
-            "checks": checks,
-        },
-        started=started,
-    )
+    results = {
+        "train": train,
+        "real_test_unit_interval_floor": real_floor,
+        "real_test_fraction_outside_unit_interval": float(
+            np.mean((data["real"][1] < 0) | (data["real"][1] > 1))
+        ),
+        "settings": table,
+    }
+    return common.finish(NAME, ctx, args, results, checks=checks)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(common.parser(__doc__.splitlines()[0]).parse_args(argv))
+main = common.main_for(run, __doc__)
 
 
 if __name__ == "__main__":

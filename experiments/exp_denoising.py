@@ -34,13 +34,9 @@ import numpy as np
 from aecore import Objective, evaluate
 from aecore.data import load_dataset, sample_manifold
 from experiments import common
-from experiments.exp_sparse import edge_fraction, filter_stats
+from experiments.exp_sparse import edge_fraction, filter_stats, fit_patch_filters
 
 NAME = "denoising"
-
-
-def default_data() -> str:
-    return "mnist10k" if common.mnist_10k_available() else "digits"
 
 
 def distance_to_curve(x: np.ndarray, curve: np.ndarray) -> np.ndarray:
@@ -73,20 +69,9 @@ def mnist_filters(x_train, image_shape, *, quick: bool, seed: int) -> dict[str, 
 
 
 def patch_filters(*, quick: bool, seed: int) -> dict[str, Any]:
-    from sklearn.decomposition import PCA
-
-    ds = load_dataset("patches", num_patches=1000 if quick else 10000, seed=seed)
     obj = Objective(loss="squared_error", corruption="gaussian", corruption_level=0.2)
     train = dict(num_steps=50 if quick else 5000, batch_size=256, learning_rate=3e-3)
-    fit = common.train_model(
-        ds.x_train,
-        model=dict(hidden=(100,), activation="sigmoid", output="sigmoid"),
-        objective=obj,
-        train=train,
-        seed=seed,
-    )
-    kernel = np.asarray(fit.model.encoder.layers[0].kernel[...])  # [64, 100]
-    pca = PCA(n_components=25).fit(common.flat(ds.x_train)).components_.T  # [64, 25]
+    _, _, kernel, pca = fit_patch_filters(obj, hidden=100, train=train, quick=quick, seed=seed)
     return {
         "kernel": kernel,
         "pca": pca,
@@ -184,9 +169,7 @@ def run(args) -> dict[str, Any]:
     return common.write_results(out, results, started=started)
 
 
-def main(argv=None) -> dict[str, Any]:
-    args = common.parser(__doc__.split("\n")[0], default_data=default_data()).parse_args(argv)
-    return run(args)
+main = common.main_for(run, __doc__, default_data=common.mnist_10k_or_digits())
 
 
 if __name__ == "__main__":

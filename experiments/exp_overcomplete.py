@@ -21,7 +21,6 @@ Runtime:  about 2 min on 2 CPU cores (shared); --quick about 20 s.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jax
@@ -58,21 +57,13 @@ def identity_distance(model, x: np.ndarray) -> float:
     return float(np.mean(np.sum((jac - np.eye(d)) ** 2, axis=(1, 2))) / d)
 
 
-def noise_ratio(model, x: np.ndarray, *, sigma: float, seed: int) -> float:
-    """‖x̂(x̃) − x‖² / ‖x̃ − x‖² summed over x [N, d], x̃ = x + N(0, σ²)."""
-    rng = np.random.default_rng(seed)
-    x_tilde = (x + sigma * rng.standard_normal(x.shape)).astype(x.dtype)
-    x_hat = ev.reconstruct(model, x_tilde)
-    return float(np.sum((x_hat - x) ** 2) / np.sum((x_tilde - x) ** 2))
-
-
 def measure(model, x_train: np.ndarray, x_test: np.ndarray, *, seed: int) -> dict[str, float]:
     """The measures of the module docstring for one trained model."""
     return {
         "train_error": ev.reconstruction_error(model, x_train, loss="squared_error"),
         "test_error": ev.reconstruction_error(model, x_test, loss="squared_error"),
         "identity_distance": identity_distance(model, x_test[:200]),
-        "noise_ratio": noise_ratio(model, x_test, sigma=NOISE_SIGMA, seed=seed),
+        "noise_ratio": ev.noise_ratio(model, x_test, sigma=NOISE_SIGMA, seed=seed),
     }
 
 
@@ -103,26 +94,34 @@ def plot_bars(path, table: dict[str, dict[str, float]], keys: tuple[str, ...]) -
     plt.close(fig)
 
 
+def copier_settings(*, quick: bool) -> tuple[int, dict[str, Any]]:
+    """(code size, train kwargs) of the overcomplete copier, shared with exp_weight_decay_tied."""
+    steps = 500 if quick else 4000
+    return (128 if quick else 256), dict(num_steps=steps, batch_size=128, learning_rate=1e-2)
+
+
+def fit_copier(
+    x_train: np.ndarray, objective: Objective, *, tied: bool, hidden: int, train: dict, seed: int
+):
+    """Trains the copier: `hidden` sigmoid codes, linear decoder, on x_train [N, d]."""
+    return common.train_model(
+        x_train,
+        model=dict(hidden=(hidden,), activation="sigmoid", output="identity", tied=tied),
+        objective=objective,
+        train=dict(log_every=100, **train),
+        seed=seed,
+    )
+
+
 def run(args) -> dict[str, Any]:
-    started = time.perf_counter()
-    out = common.out_dir(NAME, args.out)
-    ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
-    x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
-    if args.quick:
-        hidden, train = 128, dict(num_steps=500, batch_size=128, learning_rate=1e-2)
-    else:
-        hidden, train = 256, dict(num_steps=4000, batch_size=128, learning_rate=1e-2)
+    ctx = common.setup(NAME, args)
+    out, x_train, x_test = ctx.out, ctx.x_train, ctx.x_test
+    hidden, train = copier_settings(quick=args.quick)
     if hidden < x_train.shape[1]:
         hidden = 2 * x_train.shape[1]
     table = {}
     for name, (objective, tied) in VARIANTS.items():
-        fit = common.train_model(
-            x_train,
-            model=dict(hidden=(hidden,), activation="sigmoid", output="identity", tied=tied),
-            objective=objective,
-            train=dict(log_every=100, **train),
-            seed=args.seed,
-        )
+        fit = fit_copier(x_train, objective, tied=tied, hidden=hidden, train=train, seed=args.seed)
         table[name] = measure(fit.model, x_train, x_test, seed=args.seed)
         print(f"{name:>14}: " + ", ".join(f"{k} {v:.4f}" for k, v in table[name].items()))
     plot_bars(out / "overcomplete.png", table, ("train_error", "identity_distance", "noise_ratio"))
@@ -143,26 +142,18 @@ def run(args) -> dict[str, Any]:
         "sparse_map_farther_from_identity": table["sparse (KL)"]["identity_distance"]
         > plain["identity_distance"],
     }
-    results = common.write_results(
-        out,
-        {
-            "data": ds.description,
-            "quick": bool(args.quick),
-            "hidden": hidden,
-            "input_dim": int(x_train.shape[1]),
-            "noise_sigma": NOISE_SIGMA,
-            "train": train,
-            "data_variance_sum": data_energy,
-            "variants": table,
-            "checks": checks,
-        },
-        started=started,
-    )
-    return results
+    results = {
+        "hidden": hidden,
+        "input_dim": int(x_train.shape[1]),
+        "noise_sigma": NOISE_SIGMA,
+        "train": train,
+        "data_variance_sum": data_energy,
+        "variants": table,
+    }
+    return common.finish(NAME, ctx, args, results, checks=checks)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(common.parser(__doc__.splitlines()[0]).parse_args(argv))
+main = common.main_for(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Runtime:  about 25 s on 2 CPU cores (digits); --quick about 10 s.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -138,10 +137,8 @@ def plot_angles(path, lin: dict[str, Any]) -> None:
 
 
 def run(args) -> dict[str, Any]:
-    started = time.perf_counter()
-    out = common.out_dir(NAME, args.out)
-    ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
-    x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
+    ctx = common.setup(NAME, args)
+    out, x_train, x_test = ctx.out, ctx.x_train, ctx.x_test
     if args.quick:
         x_train, x_test = x_train[:1000], x_test[:200]
         lin = linear_vs_pca(x_train, x_test, k=4, steps=1500, lr=1e-2, seed=args.seed)
@@ -165,25 +162,11 @@ def run(args) -> dict[str, Any]:
         "error_equals_discarded_eigenvalues_1e-2": lin["relative_difference"] < 1e-2,
         "nonlinear_beats_pca_on_spiral": nonlin["ae_test_error"] < nonlin["pca_test_error"],
     }
-    results = common.write_results(
-        out,
-        {
-            "data": ds.description,
-            "quick": bool(args.quick),
-            "linear": lin,
-            "nonlinear": nonlin,
-            "checks": checks,
-        },
-        started=started,
-    )
-    failed = [name for name, ok in checks.items() if not ok]
-    if failed:
-        raise RuntimeError(f"exp_pca checks failed: {failed} (results in {out})")
-    return results
+    results = {"linear": lin, "nonlinear": nonlin}
+    return common.finish(NAME, ctx, args, results, checks=checks, strict=True)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(common.parser(__doc__.splitlines()[0]).parse_args(argv))
+main = common.main_for(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -133,22 +133,34 @@ def activation_vs_target(
     return out
 
 
-def patch_filters(*, quick: bool, seed: int) -> dict[str, Any]:
+def fit_patch_filters(
+    objective: Objective, *, hidden: int, train: dict[str, Any], quick: bool, seed: int
+):
+    """Trains `hidden` sigmoid codes with a sigmoid decoder on 8×8 natural-image patches.
+
+    Returns:
+      (dataset, FitResult, first-layer filters [64, hidden], top-25 PCA components [64, 25]).
+    """
     from sklearn.decomposition import PCA
 
     ds = load_dataset("patches", num_patches=1000 if quick else 10000, seed=seed)
-    obj = Objective(loss="squared_error", kl=6.0, rho=0.01, weight_decay=1e-4)
-    train = dict(num_steps=100 if quick else 6000, batch_size=500, learning_rate=1e-2)
-    t0 = time.perf_counter()
     fit = common.train_model(
         ds.x_train,
-        model=dict(hidden=(25,), activation="sigmoid", output="sigmoid"),
-        objective=obj,
+        model=dict(hidden=(hidden,), activation="sigmoid", output="sigmoid"),
+        objective=objective,
         train=train,
         seed=seed,
     )
-    kernel = np.asarray(fit.model.encoder.layers[0].kernel[...])  # [64, 25]
+    kernel = np.asarray(fit.model.encoder.layers[0].kernel[...])  # [64, hidden]
     pca = PCA(n_components=25).fit(common.flat(ds.x_train)).components_.T  # [64, 25]
+    return ds, fit, kernel, pca
+
+
+def patch_filters(*, quick: bool, seed: int) -> dict[str, Any]:
+    obj = Objective(loss="squared_error", kl=6.0, rho=0.01, weight_decay=1e-4)
+    train = dict(num_steps=100 if quick else 6000, batch_size=500, learning_rate=1e-2)
+    t0 = time.perf_counter()
+    ds, fit, kernel, pca = fit_patch_filters(obj, hidden=25, train=train, quick=quick, seed=seed)
     rho_hat = evaluate.encode(fit.model, ds.x_test).mean(0)
     return {
         "kernel": kernel,
@@ -264,9 +276,7 @@ def run(args) -> dict[str, Any]:
     return common.write_results(out, results, started=started)
 
 
-def main(argv=None) -> dict[str, Any]:
-    args = common.parser(__doc__.split("\n")[0]).parse_args(argv)
-    return run(args)
+main = common.main_for(run, __doc__)
 
 
 if __name__ == "__main__":

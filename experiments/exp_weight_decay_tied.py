@@ -14,7 +14,6 @@ Runtime:  about 2 min on 2 CPU cores; --quick about 15 s.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,12 @@ import numpy as np
 from aecore import Objective, plots
 from aecore import evaluate as ev
 from experiments import common
-from experiments.exp_overcomplete import NOISE_SIGMA, noise_ratio, plot_bars
+from experiments.exp_overcomplete import (
+    NOISE_SIGMA,
+    copier_settings,
+    fit_copier,
+    plot_bars,
+)
 
 NAME = "weight_decay_tied"
 
@@ -47,31 +51,20 @@ def weight_norms(model) -> dict[str, float]:
 
 
 def run(args) -> dict[str, Any]:
-    started = time.perf_counter()
-    out = common.out_dir(NAME, args.out)
-    ds = common.load_data(args.data, data_dir=args.data_dir, seed=args.seed)
-    x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
+    ctx = common.setup(NAME, args)
+    out, ds, x_train, x_test = ctx.out, ctx.ds, ctx.x_train, ctx.x_test
     image_shape = ds.input_shape
-    if args.quick:
-        hidden, train = 128, dict(num_steps=500, batch_size=128, learning_rate=1e-2)
-    else:
-        hidden, train = 256, dict(num_steps=4000, batch_size=128, learning_rate=1e-2)
+    hidden, train = copier_settings(quick=args.quick)
     table = {}
     for name, (objective, tied) in VARIANTS.items():
-        fit = common.train_model(
-            x_train,
-            model=dict(hidden=(hidden,), activation="sigmoid", output="identity", tied=tied),
-            objective=objective,
-            train=dict(log_every=100, **train),
-            seed=args.seed,
-        )
+        fit = fit_copier(x_train, objective, tied=tied, hidden=hidden, train=train, seed=args.seed)
         model = fit.model
         table[name] = {
             "weight_decay": objective.weight_decay,
             "tied": tied,
             "train_error": ev.reconstruction_error(model, x_train, loss="squared_error"),
             "test_error": ev.reconstruction_error(model, x_test, loss="squared_error"),
-            "noise_ratio": noise_ratio(model, x_test, sigma=NOISE_SIGMA, seed=args.seed),
+            "noise_ratio": ev.noise_ratio(model, x_test, sigma=NOISE_SIGMA, seed=args.seed),
             **weight_norms(model),
         }
         slug = name.replace(" + ", "_").replace(" ", "_")
@@ -97,23 +90,11 @@ def run(args) -> dict[str, Any]:
             a["test_error"] < b["test_error"] for a, b in zip(wd[1:-1], wd[2:], strict=True)
         ),
     }
-    return common.write_results(
-        out,
-        {
-            "data": ds.description,
-            "quick": bool(args.quick),
-            "hidden": hidden,
-            "train": train,
-            "noise_sigma": NOISE_SIGMA,
-            "variants": table,
-            "checks": checks,
-        },
-        started=started,
-    )
+    results = {"hidden": hidden, "train": train, "noise_sigma": NOISE_SIGMA, "variants": table}
+    return common.finish(NAME, ctx, args, results, checks=checks)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(common.parser(__doc__.splitlines()[0]).parse_args(argv))
+main = common.main_for(run, __doc__)
 
 
 if __name__ == "__main__":

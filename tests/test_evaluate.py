@@ -229,6 +229,49 @@ def test_linear_probe_separable_and_chance():
         evaluate.linear_probe(codes, y[:10], codes, y)
 
 
+# ---- noise ratio, PSNR, retrieval precision --------------------------------------------------
+
+
+def test_noise_ratio_of_a_halving_linear_ae_is_a_quarter():
+    # Encoder I, decoder 0.5 I, zero biases: x̂(x̃) = x̃ / 2. At x = 0 the surviving noise is
+    # ñ / 2, so the ratio is exactly 1/4 whatever the noise draw.
+    model = make_autoencoder((3,), hidden=(3,), activation="identity", output="identity", key=0)
+    _set_layer(model.encoder.layers[0], np.eye(3), np.zeros(3))
+    _set_layer(model.decoder.layers[0], 0.5 * np.eye(3), np.zeros(3))
+    x = np.zeros((40, 3), np.float32)
+    assert evaluate.noise_ratio(model, x, sigma=0.3, seed=0) == pytest.approx(0.25, rel=1e-5)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        evaluate.noise_ratio(model, x, sigma=0.0, seed=0)
+
+
+def test_psnr_hand_computed():
+    x = np.zeros((2, 2, 2))
+    x_hat = np.zeros((2, 2, 2))
+    x_hat[0] = 0.1  # MSE 0.01 -> 20 dB
+    x_hat[1, 0, 0] = 1.0  # MSE 1/4 -> 10 log10(4) dB
+    np.testing.assert_allclose(evaluate.psnr(x_hat, x), [20.0, 10 * np.log10(4.0)], rtol=1e-12)
+    # Over the masked pixel only: image 0 still 20 dB, image 1 has MSE 1 there -> 0 dB.
+    mask = np.zeros((2, 2), bool)
+    mask[0, 0] = True
+    np.testing.assert_allclose(evaluate.psnr(x_hat, x, mask), [20.0, 0.0], atol=1e-12)
+    assert evaluate.psnr(x, x)[0] == pytest.approx(100.0)  # MSE floored at 1e-10
+    with pytest.raises(ValueError, match="differ in shape"):
+        evaluate.psnr(x_hat[:, 0], x)
+
+
+def test_precision_at_k_hand_computed():
+    codes_train = np.array([[0.0], [0.1], [0.2], [5.0], [5.1]])
+    y_train = np.array([0, 0, 1, 1, 1])
+    codes_test = np.array([[0.05], [5.05]])
+    y_test = np.array([0, 1])
+    # Query 0's 3 neighbours: labels 0, 0, 1 -> 2/3; query 1's: 1, 1, 1 (the third at 0.2) -> 1.
+    p = evaluate.precision_at_k(codes_train, y_train, codes_test, y_test, k=3)
+    assert p == pytest.approx((2 / 3 + 1) / 2)
+    assert evaluate.precision_at_k(codes_train, y_train, codes_test, y_test, k=1) == 1.0
+    with pytest.raises(ValueError, match="k must be"):
+        evaluate.precision_at_k(codes_train, y_train, codes_test, y_test, k=6)
+
+
 # ---- contraction curves ----------------------------------------------------------------------
 
 
