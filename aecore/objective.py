@@ -8,6 +8,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from aecore import _checks, jacobian, losses, regularizers
 
@@ -22,7 +23,14 @@ class Objective:
       weight_decay: λ of λ Σ‖W‖²_F (biases excluded).
       l1: λ of the L1 sparsity λ Σ_i |h_i| on the code.
       kl: β of the KL sparsity β Σ_l KL(ρ‖ρ̂_l) on the code; `rho` is ρ ∈ (0, 1).
-      contractive: λ of the exact contractive penalty λ ‖J_x h‖²_F at the clean input.
+      contractive: λ of the contractive penalty λ ‖J_x h‖²_F at the clean input (exact unless
+        `contractive_probes` > 0).
+      contractive_probes: 0 (default) computes the contractive term exactly. > 0 replaces it by
+        an ESTIMATE, not the exact value: `jacobian.frobenius_sq_estimate(model.encode, x, key,
+        num_probes=contractive_probes)` (Hutchinson, its default method "jvp": unbiased, one
+        forward-mode product per probe and example, variance ∝ 1/contractive_probes). The
+        probes get their own key, split off only when this is > 0. `jacobian_mode` and
+        `chunk_size` do not apply to the estimate.
       jacobian_mode: route of the contractive terms (see `aecore.jacobian.MODES`).
       chunk_size: evaluate Jacobians in chunks of this many examples (memory bound).
       higher_order: γ of CAE+H's γ E‖J(x) − J(x+ε)‖²_F, with ε ~ N(0, higher_order_sigma²)
@@ -37,6 +45,7 @@ class Objective:
     kl: float = 0.0
     rho: float = 0.05
     contractive: float = 0.0
+    contractive_probes: int = 0
     jacobian_mode: str = "auto"
     chunk_size: int | None = None
     higher_order: float = 0.0
@@ -49,6 +58,9 @@ class Objective:
         _checks.check_choice("loss", self.loss, losses.LOSSES)
         for name in ("weight_decay", "l1", "kl", "contractive", "higher_order"):
             _checks.check_nonnegative(name, getattr(self, name))
+        p = self.contractive_probes
+        if isinstance(p, bool) or not isinstance(p, int | np.integer) or p < 0:
+            raise ValueError(f"contractive_probes must be an integer >= 0, got {p!r}")
         _checks.check_open_unit("rho", self.rho)
         _checks.check_choice("jacobian_mode", self.jacobian_mode, jacobian.MODES)
         if self.chunk_size is not None:
@@ -78,6 +90,8 @@ def objective_terms(
 
     Per-example terms are averaged over the batch; weight decay and KL are added once.
     """
+    if objective.contractive_probes > 0:  # split only here: the exact objective's keys stay
+        key, k_probe = jax.random.split(key)
     k_corrupt, k_ho = jax.random.split(key)
     x_tilde = regularizers.corrupt(
         k_corrupt, x, kind=objective.corruption, level=objective.corruption_level
@@ -90,7 +104,12 @@ def objective_terms(
         terms["l1"] = jnp.mean(regularizers.l1_sparsity(h, weight=objective.l1))
     if objective.kl > 0:
         terms["kl"] = regularizers.kl_sparsity(h, rho=objective.rho, weight=objective.kl)
-    if objective.contractive > 0:
+    if objective.contractive > 0 and objective.contractive_probes > 0:
+        estimate = jacobian.frobenius_sq_estimate(  # [B], an ESTIMATE of ‖J‖²_F
+            model.encode, x, k_probe, num_probes=objective.contractive_probes
+        )
+        terms["contractive"] = objective.contractive * jnp.mean(estimate)
+    elif objective.contractive > 0:
         terms["contractive"] = jnp.mean(
             regularizers.contractive(
                 model.encode,

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from aecore import jacobian, make_autoencoder
-from aecore.objective import Objective, objective_terms
+from aecore.objective import Objective
 from aecore.train import make_train_step
 
 ROUTES = (
@@ -95,36 +95,7 @@ def applicable_routes(spec: ModelSpec, routes: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Steps. Every JAX row is `make_train_step(Objective(...), optax.adam)`, except Hutchinson.
-
-
-def _hutchinson_step(optimizer: optax.GradientTransformation, weight: float) -> Callable:
-    """The library step with its contractive term replaced by a 1-probe Hutchinson ESTIMATE.
-
-    The plain objective (reconstruction only) plus weight·mean(frobenius_sq_estimate(encode,
-    x, key, num_probes=1, method="vjp")), under the same value_and_grad + optax update + metrics
-    as `make_train_step`; the Objective has no estimator switch, so this is the one variant
-    written here. vjp (one reverse product per example) is the cheaper direction when k < d.
-    """
-    plain = Objective()
-
-    def loss_fn(m, x, key):
-        k_obj, k_probe = jax.random.split(key)
-        loss, terms = objective_terms(m, x, k_obj, plain)
-        est = weight * jnp.mean(
-            jacobian.frobenius_sq_estimate(m.encode, x, k_probe, num_probes=1, method="vjp")
-        )
-        return loss + est, {**terms, "contractive": est}
-
-    def step(model, opt_state, x, key):
-        (loss, terms), grads = jax.value_and_grad(lambda m: loss_fn(m, x, key), has_aux=True)(model)
-        updates, opt_state = optimizer.update(grads, opt_state, model)
-        model = optax.apply_updates(model, updates)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        return model, opt_state, {"loss": loss, **terms, "grad_norm": grad_norm, "finite": finite}
-
-    return jax.jit(step, donate_argnums=(0, 1))
+# Steps. Every JAX row is `make_train_step(Objective(...), optax.adam)`.
 
 
 class JaxRunner:
@@ -135,7 +106,10 @@ class JaxRunner:
         if route == "plain":
             step = make_train_step(Objective(), optimizer)
         elif route == "hutchinson":
-            step = _hutchinson_step(optimizer, CONTRACTIVE)
+            # A 1-probe ESTIMATE of the penalty (frobenius_sq_estimate's default method, jvp).
+            step = make_train_step(
+                Objective(contractive=CONTRACTIVE, contractive_probes=1), optimizer
+            )
         else:
             step = make_train_step(
                 Objective(contractive=CONTRACTIVE, jacobian_mode=route), optimizer

@@ -37,17 +37,20 @@ def test_total_is_sum_of_terms_and_terms_match_the_parts():
     )
 
 
+def _masked_reconstruction(model, x, k_corrupt, q):
+    """The squared-error term by hand: corrupt with k_corrupt, reconstruct the clean x."""
+    x_hat = jax.vmap(model)(regularizers.mask_noise(k_corrupt, x, q=q))
+    return jnp.mean(losses.squared_error(x_hat, x))
+
+
 def test_denoising_reconstructs_the_clean_target():
     model, x = _setup()
     obj = Objective(loss="squared_error", corruption="mask", corruption_level=0.5)
     key = jax.random.key(7)
     _, terms = objective_terms(model, x, key, obj)
     k_corrupt, _ = jax.random.split(key)
-    x_tilde = regularizers.mask_noise(k_corrupt, x, q=0.5)
-    x_hat = jax.vmap(model)(x_tilde)
-    np.testing.assert_allclose(
-        terms["reconstruction"], jnp.mean(losses.squared_error(x_hat, x)), rtol=1e-6
-    )
+    expected = _masked_reconstruction(model, x, k_corrupt, 0.5)
+    np.testing.assert_allclose(terms["reconstruction"], expected, rtol=1e-6)
 
 
 def test_jit_matches_eager():
@@ -69,8 +72,53 @@ def test_jit_matches_eager():
         (dict(corruption="gaussian", corruption_level=-0.2), "-0.2"),
         (dict(jacobian_mode="fast"), "'fast'"),
         (dict(higher_order_samples=0), "0"),
+        (dict(contractive_probes=-1), "-1"),
+        (dict(contractive_probes=1.5), "1.5"),
+        (dict(contractive_probes=True), "True"),
     ],
 )
 def test_invalid_objective_raises_naming_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Objective(**kwargs)
+
+
+def test_contractive_probes_zero_is_exact_and_keeps_the_keys():
+    # contractive_probes=0 (the default) must give exactly the terms of the exact objective,
+    # drawn with the same keys: corruption from split(key)[0], CAE+H from split(key)[1].
+    model, x = _setup()
+    key = jax.random.key(3)
+    obj = Objective(
+        contractive=0.2,
+        higher_order=0.1,
+        corruption="mask",
+        corruption_level=0.3,
+        contractive_probes=0,
+    )
+    _, terms = objective_terms(model, x, key, obj)
+    k_corrupt, k_ho = jax.random.split(key)
+    expected = _masked_reconstruction(model, x, k_corrupt, 0.3)
+    np.testing.assert_allclose(terms["reconstruction"], expected, rtol=1e-6)
+    exact = jnp.mean(regularizers.contractive(model.encode, x, weight=0.2))
+    np.testing.assert_allclose(terms["contractive"], exact, rtol=1e-6)
+    ho = regularizers.contractive_higher_order(model.encode, x, k_ho, weight=0.1, sigma=0.1)
+    np.testing.assert_allclose(terms["higher_order"], jnp.mean(ho), rtol=1e-6)
+
+
+def test_contractive_probes_estimate_is_unbiased_but_not_exact():
+    model, x = _setup()
+    exact = objective_terms(model, x, jax.random.key(0), Objective(contractive=0.2))[1]
+    exact = float(exact["contractive"])
+    obj = Objective(contractive=0.2, contractive_probes=1)
+
+    @jax.jit
+    def estimate(key):
+        return objective_terms(model, x, key, obj)[1]["contractive"]
+
+    values = np.asarray(jax.vmap(estimate)(jax.random.split(jax.random.key(5), 2000)))
+    standard_error = values.std(ddof=1) / np.sqrt(len(values))
+    assert abs(values.mean() - exact) < 3 * standard_error, (values.mean(), exact)
+    # One key gives one draw of the estimate, not the exact value.
+    assert abs(float(estimate(jax.random.key(1))) - exact) > 1e-4 * exact
+    # The estimate takes the contractive term's place; no other term appears.
+    _, terms = objective_terms(model, x, jax.random.key(1), obj)
+    assert set(terms) == {"reconstruction", "contractive"}
