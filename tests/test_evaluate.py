@@ -79,17 +79,14 @@ def test_pca_angles_small_for_trained_linear_autoencoder():
     x = ((x - x.mean(0)) / np.sqrt(n)).astype(np.float32)
     model = make_autoencoder((d,), hidden=(k,), activation="identity", output="identity", key=1)
     before = evaluate.pca_angles(model, x)
-    # optax.adam's bias correction mixes a Python float with an int32 count, which conftest's
-    # strict promotion rejects; the training itself is not what this test checks.
-    with jax.numpy_dtype_promotion("standard"):
-        result = fit(
-            model,
-            Objective(loss="squared_error"),
-            x,
-            config=TrainConfig(
-                num_steps=600, batch_size=128, learning_rate=3e-2, progress=False, log_every=600
-            ),
-        )
+    result = fit(
+        model,
+        Objective(loss="squared_error"),
+        x,
+        config=TrainConfig(
+            num_steps=600, batch_size=128, learning_rate=3e-2, progress=False, log_every=600
+        ),
+    )
     angles = evaluate.pca_angles(result.model, x)
     assert angles.shape == (k,)
     assert before.max() > 0.1  # the test is not vacuous: a random decoder is far off
