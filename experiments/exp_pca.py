@@ -2,20 +2,20 @@
 PCA on a curved manifold.
 
 (a) A linear autoencoder (identity activations and output, squared error, k codes) on digits
-flattened and normalized as x̃ = (x − mean)/√m, trained full-batch with Adam. Its decoder spans
-the top-k principal subspace (Baldi & Hornik, 1989): the principal angles to scikit-learn's PCA
-components are ≈ 0, and its summed training error Σ_i ‖x̃_i − x̂_i‖² equals the sum of the
-discarded eigenvalues of X̃ᵀX̃ (the covariance matrix).
+flattened and normalized as x̃ = (x − mean)/√m, trained full-batch with Adam and a cosine-decayed
+step. Its decoder spans the top-k principal subspace (Baldi & Hornik, 1989): the principal angles
+to scikit-learn's PCA components are ≈ 0, and its summed training error Σ_i ‖x̃_i − x̂_i‖² equals
+the sum of the discarded eigenvalues of X̃ᵀX̃ (the covariance matrix).
 (b) On the 2-D spiral with a 1-D code, a tanh MLP autoencoder reconstructs better than rank-1
 PCA, which can only project onto a line (figure: data, PCA projection, AE reconstruction).
 
 Command:  python -m experiments.exp_pca [--quick] [--out DIR] [--data digits|mnist10k]
-Expected: (a) max principal angle < 1e-2 rad (5e-4 here; the run fails above 1e-2) and
-  training error within 1e-2 relative of the discarded eigenvalue sum (1e-4 here);
+Expected: (a) max principal angle < 1e-2 rad (3e-3 here; the run fails above 1e-2) and
+  training error within 1e-2 relative of the discarded eigenvalue sum (7e-7 here);
   (b) AE error < PCA error (0.013 vs 0.158 here).
-  With --data mnist10k (k = 16, 6000 steps, ~15 min on loaded cores) the max angle is 0.015 rad
-  and the run fails its check: MNIST's small eigenvalue gaps need more steps.
-Runtime:  about 25 s on 2 CPU cores (digits); --quick about 10 s.
+  With --data mnist10k (k = 16, 6000 steps, ~15 min on loaded cores) a constant step left the
+  max angle at 0.015 rad (check failed: MNIST's small eigenvalue gaps); rerun with cosine pending.
+Runtime:  about 30 s on 2 CPU cores (digits); --quick about 10 s.
 """
 
 from __future__ import annotations
@@ -42,7 +42,14 @@ def linear_vs_pca(
         xtr,
         model=dict(hidden=(k,), activation="identity", output="identity"),
         objective=Objective(loss="squared_error"),
-        train=dict(num_steps=steps, batch_size=xtr.shape[0], learning_rate=lr, log_every=50),
+        # Cosine decay to 0: at a constant step the near-equal eigen-directions keep moving.
+        train=dict(
+            num_steps=steps,
+            batch_size=xtr.shape[0],
+            learning_rate=lr,
+            lr_schedule="cosine",
+            log_every=50,
+        ),
         seed=seed,
     )
     angles = ev.pca_angles(fit.model, xtr)
