@@ -52,3 +52,39 @@ def test_harness_records_have_every_field_and_exact_routes_agree(standard_promot
         np.testing.assert_allclose(value, ref, rtol=1e-4, err_msg=route)
     assert "tiny" in bench.format_table(records)
     assert bench.machine_slug().split("-")[0] in ("cpu", "gpu", "tpu", "cuda", "rocm")
+
+
+def test_tables_render_ratios_from_records():
+    from benchmarks import tables
+
+    def rec(model, route, ms, resolved=None, **extra):
+        return {
+            "model": model,
+            "route": route,
+            "route_resolved": resolved or route,
+            "batch": 128,
+            "ms_per_step": ms,
+            "ratio_to_plain": ms / 4.0,
+            "speedup_vs_torch": 40.0 / ms,
+            "gflop": 0.5,
+            "gflops_achieved": 50.0,
+            "temp_bytes": 2e6,
+            "compile_s": 0.3,
+            "note": "",
+            **extra,
+        }
+
+    records = [
+        rec("mlp-784-256-32", "plain", 4.0),
+        rec("mlp-784-256-32", "auto", 16.0, "structured/gram"),
+        rec("mlp-784-256-32", "jacrev", 80.0),
+    ]
+    route = tables.route_table(records)
+    assert "| mlp-784-256-32 | auto (structured/gram) | 16.00 | 4.00 | 2.5 |" in route
+    head = tables.headline_table(records)
+    # torch and hutchinson rows are absent: shown as a dash, never as a number
+    assert "| 784→256→32 | 4.0 | 16.0 (structured/gram) | 4.00 | 20.0 | — | — |" in head
+    sweep = [{**r, "sweep_axis": "k", "sweep_value": 32} for r in records]
+    assert "| k | 32 | mlp-784-256-32 | 128 | 4.0 | 16.0 (structured/gram) | 80.0 | 4.00 | 5.00 |" in (
+        tables.sweep_table(sweep)
+    )

@@ -1,0 +1,133 @@
+"""Render a benchmark results JSON as the Markdown tables of benchmarks/README.md.
+
+    python -m benchmarks.tables benchmarks/results/cpu-2core-amd-epyc.json
+
+Prints the per-route table, the sweep table (full runs) and the headline table of the
+top-level README, all computed from the file: no number is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Sequence
+
+
+def _num(value, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def _route_label(r: dict) -> str:
+    resolved = r.get("route_resolved", r["route"])
+    return r["route"] if resolved == r["route"] else f"{r['route']} ({resolved})"
+
+
+def route_table(records: list[dict], *, compact: bool = False) -> str:
+    """One row per (model, route): time, ratios, FLOPs, memory."""
+    if compact:
+        head = "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step | XLA temp MB |"
+        rule = "|---|---|---:|---:|---:|---:|---:|"
+    else:
+        head = (
+            "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step "
+            "| GFLOP/s | XLA temp MB | compile s | note |"
+        )
+        rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    lines = [head, rule]
+    for r in records:
+        temp = None if r.get("temp_bytes") is None else r["temp_bytes"] / 1e6
+        cells = [
+            r["model"],
+            _route_label(r),
+            _num(r["ms_per_step"], ".2f"),
+            _num(r["ratio_to_plain"], ".2f"),
+            _num(r.get("speedup_vs_torch"), ".1f"),
+            _num(r.get("gflop"), ".3f"),
+        ]
+        if not compact:
+            cells.append(_num(r.get("gflops_achieved"), ".1f"))
+        cells.append(_num(temp, ".1f"))
+        if not compact:
+            cells += [_num(r.get("compile_s"), ".2f"), r.get("note", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(records: list[dict]) -> str:
+    """Plain vs auto vs jacrev along each sweep axis."""
+    lines = [
+        "| sweep | value | model | batch | plain ms | auto ms (runs) | jacrev ms | auto × plain | jacrev ÷ auto |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    keys = []
+    for r in records:
+        key = (r["sweep_axis"], r["sweep_value"])
+        if key not in keys:
+            keys.append(key)
+    for axis, value in keys:
+        by_route = {
+            r["route"]: r for r in records if r["sweep_axis"] == axis and r["sweep_value"] == value
+        }
+        plain, auto, jacrev = by_route["plain"], by_route["auto"], by_route["jacrev"]
+        lines.append(
+            f"| {axis} | {value} | {auto['model']} | {auto['batch']} | {plain['ms_per_step']:.1f} "
+            f"| {auto['ms_per_step']:.1f} ({auto['route_resolved']}) | {jacrev['ms_per_step']:.1f} "
+            f"| {auto['ms_per_step'] / plain['ms_per_step']:.2f} "
+            f"| {jacrev['ms_per_step'] / auto['ms_per_step']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _encoder_label(model: str) -> str:
+    """mlp-784-256-32 -> 784→256→32; other models keep their name."""
+    return model[4:].replace("-", "→") if model.startswith("mlp-") else model
+
+
+def headline_table(records: list[dict]) -> str:
+    """The top-level README's summary: one row per model, auto against its rivals."""
+    lines = [
+        "| encoder | plain ms | auto ms (route) | auto × plain | vmap(jacrev) × plain "
+        "| torch vmap(jacrev) × plain | Hutchinson estimate × plain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    models = []
+    for r in records:
+        if r["model"] not in models:
+            models.append(r["model"])
+    for model in models:
+        by_route = {r["route"]: r for r in records if r["model"] == model}
+        auto = by_route["auto"]
+
+        def ratio(route: str) -> str:
+            return _num(by_route.get(route, {}).get("ratio_to_plain"), ".1f")
+
+        lines.append(
+            f"| {_encoder_label(model)} | {by_route['plain']['ms_per_step']:.1f} "
+            f"| {auto['ms_per_step']:.1f} ({auto['route_resolved']}) | {auto['ratio_to_plain']:.2f} "
+            f"| {ratio('jacrev')} | {ratio('torch_jacrev')} | {ratio('hutchinson')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="a results JSON written by benchmarks.jacobian")
+    parser.add_argument("--compact", action="store_true", help="fewer columns (quick runs)")
+    args = parser.parse_args(argv)
+    with open(args.results) as f:
+        payload = json.load(f)
+    meta = payload["meta"]
+    print(
+        f"<!-- {args.results}: {meta['machine']}, {meta['date']}, jax {meta['jax']}, "
+        f"torch {meta.get('torch', '—')}, matmul peak {meta['matmul_peak_gflops']:.0f} GFLOP/s -->\n"
+    )
+    print(route_table(payload["records"], compact=args.compact))
+    if payload.get("sweep"):
+        print()
+        print(sweep_table(payload["sweep"]))
+    print()
+    print(headline_table(payload["records"]))
+
+
+if __name__ == "__main__":
+    main()
