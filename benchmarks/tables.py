@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _num(value, fmt: str) -> str:
@@ -25,7 +25,10 @@ def _route_label(r: dict) -> str:
 def route_table(records: list[dict], *, compact: bool = False) -> str:
     """One row per (model, route): time, ratios, FLOPs, memory."""
     if compact:
-        head = "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step | XLA temp MB |"
+        head = (
+            "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step "
+            "| XLA temp MB |"
+        )
         rule = "|---|---|---:|---:|---:|---:|---:|"
     else:
         head = (
@@ -56,7 +59,8 @@ def route_table(records: list[dict], *, compact: bool = False) -> str:
 def sweep_table(records: list[dict]) -> str:
     """Plain vs auto vs jacrev along each sweep axis."""
     lines = [
-        "| sweep | value | model | batch | plain ms | auto ms (runs) | jacrev ms | auto × plain | jacrev ÷ auto |",
+        "| sweep | value | model | batch | plain ms | auto ms (runs) | jacrev ms | auto × plain "
+        "| jacrev ÷ auto |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     keys = []
@@ -96,15 +100,15 @@ def headline_table(records: list[dict]) -> str:
             models.append(r["model"])
     for model in models:
         by_route = {r["route"]: r for r in records if r["model"] == model}
-        auto = by_route["auto"]
-
-        def ratio(route: str) -> str:
-            return _num(by_route.get(route, {}).get("ratio_to_plain"), ".1f")
-
+        auto, plain = by_route["auto"], by_route["plain"]
+        rivals = [
+            _num(by_route.get(route, {}).get("ratio_to_plain"), ".1f")
+            for route in ("jacrev", "torch_jacrev", "hutchinson")
+        ]
         lines.append(
-            f"| {_encoder_label(model)} | {by_route['plain']['ms_per_step']:.1f} "
-            f"| {auto['ms_per_step']:.1f} ({auto['route_resolved']}) | {auto['ratio_to_plain']:.2f} "
-            f"| {ratio('jacrev')} | {ratio('torch_jacrev')} | {ratio('hutchinson')} |"
+            f"| {_encoder_label(model)} | {plain['ms_per_step']:.1f} "
+            f"| {auto['ms_per_step']:.1f} ({auto['route_resolved']}) "
+            f"| {auto['ratio_to_plain']:.2f} | " + " | ".join(rivals) + " |"
         )
     return "\n".join(lines)
 
@@ -117,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     with open(args.results) as f:
         payload = json.load(f)
     meta = payload["meta"]
+    peak = meta["matmul_peak_gflops"]
     print(
         f"<!-- {args.results}: {meta['machine']}, {meta['date']}, jax {meta['jax']}, "
-        f"torch {meta.get('torch', '—')}, matmul peak {meta['matmul_peak_gflops']:.0f} GFLOP/s -->\n"
+        f"torch {meta.get('torch', '—')}, matmul peak {peak:.0f} GFLOP/s -->\n"
     )
     print(route_table(payload["records"], compact=args.compact))
     if payload.get("sweep"):
