@@ -273,6 +273,16 @@ def main(argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None
         raise SystemExit(130) from None
 
 
+def cli() -> int:
+    """The `aecore` console script: `main` on sys.argv, exit status 0 on success.
+
+    The console-script wrapper calls `sys.exit(cli())`; `main` returns the command's result
+    (a metrics dict, an array), which `sys.exit` would print and turn into status 1.
+    """
+    main()
+    return 0
+
+
 def _main(argv: list[str]) -> Any:
     parser = _parser()
     try:
@@ -297,4 +307,4 @@ def _main(argv: list[str]) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

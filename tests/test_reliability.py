@@ -182,6 +182,17 @@ def test_console_script_prints_one_line_and_exits_2(trained):
     assert _snapshot(wd) == before
 
 
+def test_console_script_exits_0_after_a_good_run(tmp_path):
+    """Success is exit status 0 (the console wrapper is `sys.exit(cli())`)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "aecore")
+    wd = str(tmp_path / "run")
+    proc = subprocess.run(
+        [exe, *GOOD, "--workdir", wd], capture_output=True, text=True, cwd=REPO, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert os.path.exists(os.path.join(wd, "metrics.json")), os.listdir(wd)
+
+
 def test_evaluate_and_encode_report_bad_input_in_one_line(trained, capsys):
     root, wd = trained
     before = _snapshot(wd)
