@@ -51,6 +51,8 @@ def filter_stats(kernel: np.ndarray, image_shape: tuple[int, int]) -> dict[str, 
     """Spatial spread and orientedness of each filter (a column of `kernel` [d, k], d = H*W).
 
     spread: sqrt(Σ_p w_p² ‖p − c‖² / Σ_p w_p²), c the energy centroid, in pixels.
+    area50: the fewest pixels that hold half of the filter's energy Σ_p w_p² (a white-noise
+      filter needs about a third of the image; a stroke or blob detector a few pixels).
     orientedness: max over 8 orientation wedges of 45° (centred every 22.5°) of the fraction
       of the mean-removed filter's spectral energy (DC excluded) whose frequency falls in it.
     """
@@ -63,6 +65,9 @@ def filter_stats(kernel: np.ndarray, image_shape: tuple[int, int]) -> dict[str, 
     cc = (energy * cols).sum(axis=(1, 2)) / total
     dist2 = (rows[None] - cr[:, None, None]) ** 2 + (cols[None] - cc[:, None, None]) ** 2
     spread = np.sqrt((energy * dist2).sum(axis=(1, 2)) / total)
+    ranked = np.sort(energy.reshape(len(filters), -1), axis=1)[:, ::-1]
+    half = 0.5 * ranked.sum(axis=1, keepdims=True)
+    area50 = 1 + np.sum(np.cumsum(ranked, axis=1) < half, axis=1)
 
     centred = filters - filters.mean(axis=(1, 2), keepdims=True)
     power = np.abs(np.fft.fft2(centred)) ** 2  # [k, H, W]
@@ -76,7 +81,7 @@ def filter_stats(kernel: np.ndarray, image_shape: tuple[int, int]) -> dict[str, 
         diff = np.abs(np.mod(angle - centre + np.pi / 2, np.pi) - np.pi / 2)
         wedge = (diff <= np.pi / 8 + 1e-9) & nonzero
         best = np.maximum(best, (power * wedge).sum(axis=(1, 2)) / spectral)
-    return {"spread": spread, "orientedness": best}
+    return {"spread": spread, "area50": area50, "orientedness": best}
 
 
 def noise_thresholds(image_shape: tuple[int, int], *, seed: int = 0) -> dict[str, float]:

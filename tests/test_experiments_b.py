@@ -36,6 +36,19 @@ def test_filter_stats_separate_edges_from_noise():
     assert stats["orientedness"][0] > 0.7 > np.median(stats["orientedness"][1:])
 
 
+def test_area50_counts_the_pixels_holding_half_the_energy():
+    blob = np.zeros((28, 28))
+    blob[10:12, 10:12] = 1.0  # 4 equal pixels: 2 hold exactly half, so 2
+    spike = np.zeros((28, 28))
+    spike[5, 5], spike[5, 6] = 2.0, 1.0  # 4/5 of the energy in one pixel
+    noise = np.random.default_rng(0).standard_normal((784, 200))
+    kernel = np.c_[blob.reshape(784, 1), spike.reshape(784, 1), noise]
+    area = exp_sparse.filter_stats(kernel, (28, 28))["area50"]
+    assert area[0] == 2 and area[1] == 1
+    # white noise: energy ~ chi-squared(1), half of it in roughly the top 12% of pixels
+    assert 70 < np.median(area[2:]) < 130
+
+
 def test_sparse(tmp_path):
     r = _run(exp_sparse, tmp_path)
     assert r["kl_curve"]["argmin"] == pytest.approx(0.2, abs=1e-3)
@@ -61,6 +74,8 @@ def test_denoising(tmp_path):
     assert set(r["mask_filters"]) == {"0.0", "0.25", "0.5"}
     for row in r["mask_filters"].values():
         assert 0 < row["mean_spread"] < 8  # 8x8 digits: within the image
+        assert 1 <= row["median_area50_px"] <= 64 and 0 <= row["localized_fraction"] <= 1
+    assert r["mask_localized_if_area50_at_most_px"] == 2  # 30/784 of 64 pixels, rounded
     # Edge-likeness of patch filters needs the default run's 5,000 steps; quick mode only checks
     # that both are measured.
     assert 0 <= r["patches"]["gaussian_dae"]["edge_like_fraction"] <= 1
