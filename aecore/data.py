@@ -175,9 +175,11 @@ def load_dataset(
       The `Dataset`; float32 inputs, int32 labels or None.
 
     Raises:
-      ValueError: unknown name, bad option, bad file content (non-numeric, empty, NaN/inf,
-        wrong rank, labels that do not match the examples).
+      ValueError: unknown name, bad option value, bad file content (non-numeric, empty,
+        NaN/inf, wrong rank, labels that do not match the examples).
+      TypeError: a keyword option the source does not accept.
       FileNotFoundError: a missing file, or a TFDS dataset not prepared in `data_dir`.
+      ImportError: a TFDS name without tensorflow-datasets installed (the `tfds` extra).
     """
     _checks.check_open_unit("test_fraction", test_fraction)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:

@@ -240,7 +240,8 @@ def frobenius_sq_diff(
     """Exact ‖J(x_i) − J(x'_i)‖²_F per example, J the Jacobian of `fn` (CAE+H's second term).
 
     For one dense layer J(x) − J(x') = diag(g'(a) − g'(a')) W, a closed form; otherwise the two
-    Jacobians are formed by jacfwd/jacrev (chosen from the shapes when mode="auto").
+    Jacobians are formed by jacfwd or jacrev. mode="auto": the closed form for one dense layer,
+    jacrev for deeper MLPs, otherwise jacfwd/jacrev chosen from the shapes.
     """
     _checks.check_choice("mode", mode, ("auto", "jacfwd", "jacrev", "closed_form"))
     _check_batch("frobenius_sq_diff", x)

@@ -168,7 +168,10 @@ class TiedDecoder(nnx.Module):
 
 
 class ConvEncoder(nnx.Module):
-    """Two stride-2 convolutions then a dense code layer, for [H, W, C] images (H, W ÷ 4)."""
+    """Stride-2 convolutions then a dense code layer, for [H, W, C] images.
+
+    H and W must be divisible by 2**len(channels) (4 for the default two layers).
+    """
 
     def __init__(
         self,
@@ -182,9 +185,12 @@ class ConvEncoder(nnx.Module):
         dtype=jnp.float32,
     ):
         h, w, c = (int(s) for s in input_shape)
-        if h % 4 or w % 4:
+        factor = 2 ** len(channels)
+        if h % factor or w % factor:
             raise ValueError(
-                f"conv encoder needs H and W divisible by 4, got input_shape {tuple(input_shape)}"
+                f"conv encoder with {len(channels)} stride-2 layers (conv_channels "
+                f"{tuple(channels)}) needs H and W divisible by {factor}, got input_shape "
+                f"{tuple(input_shape)}"
             )
         self.input_shape = (h, w, c)
         self.activation = activation
@@ -322,8 +328,8 @@ def make_autoencoder(
       output: decoder output activation f: "sigmoid" (pair with cross-entropy, data in [0, 1])
         or "identity" (pair with squared error, real data).
       tied: decoder weights are the encoder's transposed (MLP only).
-      architecture: "mlp" or "conv" (conv: input [H, W, C] with H, W divisible by 4; `hidden`
-        holds the one code width).
+      architecture: "mlp" or "conv" (conv: input [H, W, C] with H, W divisible by
+        2**len(conv_channels), 4 for the default; `hidden` holds the one code width).
       decoder_hidden: hidden widths of an untied MLP decoder; default mirrors the encoder.
       conv_channels: channels of the conv encoder's stride-2 layers.
       key: PRNG key or integer seed for the initial weights.

@@ -32,7 +32,8 @@ class Objective:
         probes get their own key, split off only when this is > 0. `jacobian_mode` and
         `chunk_size` do not apply to the estimate.
       jacobian_mode: route of the contractive terms (see `aecore.jacobian.MODES`).
-      chunk_size: evaluate Jacobians in chunks of this many examples (memory bound).
+      chunk_size: evaluate the Jacobians of the contractive and higher-order terms in chunks
+        of this many examples (memory bound; same values).
       higher_order: γ of CAE+H's γ E‖J(x) − J(x+ε)‖²_F, with ε ~ N(0, higher_order_sigma²)
         and `higher_order_samples` Monte-Carlo draws.
       corruption: "none", "mask" (drop probability `corruption_level`) or "gaussian"
@@ -130,6 +131,7 @@ def objective_terms(
                 sigma=objective.higher_order_sigma,
                 num_corruptions=objective.higher_order_samples,
                 mode="auto" if mode in ("structured", "closed_form") else mode,
+                chunk_size=objective.chunk_size,
             )
         )
     return sum(terms.values()), terms

@@ -123,11 +123,13 @@ def contractive_higher_order(
     sigma: float,
     num_corruptions: int = 4,
     mode: str = "auto",
+    chunk_size: int | None = None,
 ) -> jax.Array:
     """γ E_ε ‖J(x) − J(x + ε)‖²_F, ε ~ N(0, σ² I), per example (Rifai et al. 2011, CAE+H).
 
     The expectation is a Monte-Carlo mean over `num_corruptions` draws; each ‖·‖²_F is exact.
-    This is the second-order term only: CAE+H adds it to `contractive(...)`.
+    This is the second-order term only: CAE+H adds it to `contractive(...)`. `mode` and
+    `chunk_size` as in `jacobian.frobenius_sq_diff`.
 
     Returns:
       [B] penalties.
@@ -136,5 +138,7 @@ def contractive_higher_order(
     _checks.check_nonnegative("higher-order sigma", sigma)
     _checks.check_positive_int("num_corruptions", num_corruptions)
     eps = sigma * jax.random.normal(key, (num_corruptions, *x.shape), x.dtype)
-    diffs = jax.vmap(lambda e: jacobian.frobenius_sq_diff(encode, x, x + e, mode=mode))(eps)
+    diffs = jax.vmap(
+        lambda e: jacobian.frobenius_sq_diff(encode, x, x + e, mode=mode, chunk_size=chunk_size)
+    )(eps)
     return weight * jnp.mean(diffs, axis=0)

@@ -490,7 +490,9 @@ def _json_safe(obj):
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two models, ~1 minute")
-    parser.add_argument("--out", default=None, help="results JSON (default results/<machine>.json)")
+    parser.add_argument(
+        "--out", default=None, help="results JSON (default results/<machine>[-quick].json)"
+    )
     parser.add_argument("--reps", type=int, default=None, help="timed steps per route")
     parser.add_argument(
         "--devices", action="store_true", help="run on every jax.devices() kind (one file each)"

@@ -146,11 +146,12 @@ def main_for(
     *,
     default_data: str = "digits",
 ) -> Callable[[list[str] | None], dict[str, Any]]:
-    """An experiment's `main(argv)`: parses the common flags (description: `doc`'s first line)
-    and returns `run(args)`."""
+    """An experiment's `main(argv)`: parses the common flags (description: `doc`'s first
+    paragraph) and returns `run(args)`."""
+    description = " ".join(doc.split("\n\n")[0].split())
 
     def main(argv: list[str] | None = None) -> dict[str, Any]:
-        return run(parser(doc.splitlines()[0], default_data=default_data).parse_args(argv))
+        return run(parser(description, default_data=default_data).parse_args(argv))
 
     return main
 

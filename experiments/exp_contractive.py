@@ -14,7 +14,7 @@ sensitive along the data and contracted across it.
 Command:  python -m experiments.exp_contractive [--quick] [--out DIR] [--data digits|mnist10k]
 Expected: (a) mean |cos| > 0.9 (1.0000 here); (b) mean ‖J‖_F of CAE and CAE+H below the AE's
   (CAE+H lowest); (c) max |Δθ| ~1e-7 (float32; 1.2e-7 here after 500 steps).
-Runtime:  about 2.5 min on 2 shared CPU cores (digits); --quick about 20 s.
+Runtime:  about 3.5 min on 2 shared CPU cores (digits); --quick about 20 s.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Table (results.json) and figure decoder_loss.png: reconstructions and training c
 Command:  python -m experiments.exp_decoder_loss [--quick] [--out DIR]
 Expected: matched pairings reconstruct well; sigmoid + SE on real data keeps test SE above the
   floor and far above linear + SE; linear + CE on real data is rejected before training.
-Runtime:  about 1 min on 2 CPU cores; --quick about 10 s.
+Runtime:  about 30 s on 2 CPU cores; --quick about 10 s.
 """
 
 from __future__ import annotations

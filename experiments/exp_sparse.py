@@ -4,8 +4,8 @@ edge-detector filters learned from natural-image patches (Ng, CS294A "Sparse aut
 What it shows:
   1. Ω(ρ̂) = KL(ρ‖ρ̂) for ρ = 0.2 on a grid of ρ̂: zero and minimal at ρ̂ = ρ (asserted).
   2. KL-sparse AEs with several targets ρ (64 sigmoid units on --data): after training, the
-     mean activation of every unit sits near ρ (median per-unit ρ̂ vs ρ, asserted to move
-     toward ρ from the unpenalized AE); an L1 penalty lowers the mean activation as λ grows.
+     mean activation of every unit sits near ρ (median per-unit ρ̂ vs ρ, reported against the
+     unpenalized AE); an L1 penalty lowers the mean activation as λ grows.
   3. Ng's setting on 8x8 natural-image patches (Ng normalization to [0.1, 0.9]): 25 sigmoid
      units, sigmoid output, squared error, ρ = 0.01, β = 3, λ = 1e-4. Ng's objective is
      (1/m)Σ½‖x̂−x‖² + (λ/2)ΣW² + βΣKL; aecore's squared error has no ½ and its weight decay

@@ -9,7 +9,7 @@ Figures: filters_<variant>.png (rows of W as 8×8 images), weight_decay_tied.png
 
 Command:  python -m experiments.exp_weight_decay_tied [--quick] [--out DIR]
 Expected: ‖W‖_F falls and test error rises with λ; noisy-input ratio < plain's for λ ≥ 1e-3.
-Runtime:  about 2 min on 2 CPU cores; --quick about 15 s.
+Runtime:  about 3 min on 2 CPU cores; --quick about 15 s.
 """
 
 from __future__ import annotations

@@ -79,3 +79,16 @@ def test_tied_gradient_sums_encoder_and_decoder_paths():
 def test_construction_errors_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_autoencoder((8, 8, 1), key=0, **kwargs)
+
+
+def test_conv_shape_check_follows_the_number_of_stride2_layers():
+    # three stride-2 layers need H, W divisible by 8: 28 is not (it passed a "÷ 4" check and
+    # then failed deep inside dot_general)
+    with pytest.raises(
+        ValueError, match=r"3 stride-2 layers .* divisible by 8, got .*\(28, 28, 1\)"
+    ):
+        make_autoencoder((28, 28, 1), hidden=(8,), architecture="conv", conv_channels=(4, 8, 16))
+    model = make_autoencoder(
+        (32, 32, 1), hidden=(8,), architecture="conv", conv_channels=(4, 8, 16), key=0
+    )
+    assert model(jnp.zeros((32, 32, 1))).shape == (32, 32, 1)

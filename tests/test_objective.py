@@ -122,3 +122,21 @@ def test_contractive_probes_estimate_is_unbiased_but_not_exact():
     # The estimate takes the contractive term's place; no other term appears.
     _, terms = objective_terms(model, x, jax.random.key(1), obj)
     assert set(terms) == {"reconstruction", "contractive"}
+
+
+@pytest.mark.parametrize("mode", ["jacrev", "jacfwd"])
+def test_chunk_size_reaches_both_jacobian_terms_and_changes_no_value(mode):
+    model = make_autoencoder((6,), hidden=(5, 3), activation="tanh", key=0)
+    x = jax.random.normal(jax.random.key(1), (7, 6))
+    base = dict(contractive=0.3, higher_order=0.2, higher_order_sigma=0.1, jacobian_mode=mode)
+    _, whole = objective_terms(model, x, jax.random.key(2), Objective(**base))
+    _, chunked = objective_terms(model, x, jax.random.key(2), Objective(**base, chunk_size=3))
+    for name in ("contractive", "higher_order"):
+        np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-6, err_msg=name)
+
+    # chunking is what the higher-order term runs under: its lax.map shows in the program
+    def fn(c):
+        return objective_terms(model, x, jax.random.key(2), Objective(**base, chunk_size=c))
+
+    jaxpr = str(jax.make_jaxpr(fn, static_argnums=0)(3))
+    assert jaxpr.count("scan") >= 2, "chunk_size did not reach both terms"
