@@ -140,6 +140,11 @@ def finish(
     return results
 
 
+def first_paragraph(doc: str) -> str:
+    """A module docstring's first paragraph on one line: the `--help` description."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 def main_for(
     run: Callable[[argparse.Namespace], dict[str, Any]],
     doc: str,
@@ -148,7 +153,7 @@ def main_for(
 ) -> Callable[[list[str] | None], dict[str, Any]]:
     """An experiment's `main(argv)`: parses the common flags (description: `doc`'s first
     paragraph) and returns `run(args)`."""
-    description = " ".join(doc.split("\n\n")[0].split())
+    description = first_paragraph(doc)
 
     def main(argv: list[str] | None = None) -> dict[str, Any]:
         return run(parser(description, default_data=default_data).parse_args(argv))

@@ -42,7 +42,7 @@ def run_one(name: str, argv: list[str]) -> tuple[bool, float, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = argparse.ArgumentParser(description=common.first_paragraph(__doc__))
     p.add_argument("--quick", action="store_true", help="pass --quick to every experiment")
     p.add_argument("--out", default=None, help="root folder (default: runs/experiments)")
     p.add_argument("--only", nargs="*", default=None, help="experiment names to run")
