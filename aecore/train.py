@@ -67,7 +67,8 @@ class TrainConfig:
 
     Attributes:
       num_steps: optimizer steps in total (a resumed run counts from its checkpoint).
-      batch_size: examples per step (must not exceed the training set).
+      batch_size: examples per step (must not exceed the training set), or None for the whole
+        training set in every step (full batch, whatever its size).
       learning_rate: optimizer step size.
       optimizer: "adam", "adamw" or "sgd" (optax).
       seed: one integer from which initial weights, batch order and noise keys derive.
@@ -82,7 +83,7 @@ class TrainConfig:
     """
 
     num_steps: int = 2000
-    batch_size: int = 64
+    batch_size: int | None = 64
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     seed: int = 0
@@ -96,7 +97,8 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("num_steps", "batch_size", "log_every", "keep_checkpoints"):
-            _checks.check_positive_int(name, getattr(self, name))
+            if not (name == "batch_size" and self.batch_size is None):
+                _checks.check_positive_int(name, getattr(self, name))
         for name in ("eval_every", "checkpoint_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -267,6 +269,8 @@ def fit(
       ValueError: bad batch size, or a checkpoint of a model of another shape.
       CheckpointError: the latest checkpoint is unreadable (never silently re-initialised).
     """
+    if config.batch_size is None:  # full batch: the whole training set, whatever its size
+        config = dataclasses.replace(config, batch_size=x_train.shape[0])
     if config.batch_size > x_train.shape[0]:
         raise ValueError(
             f"batch_size {config.batch_size} exceeds the {x_train.shape[0]} training examples"
