@@ -420,25 +420,35 @@ def check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
             ) from e
 
 
-def check_same_run(workdir: str, cfg: dict[str, Any], data_record: dict[str, Any]) -> None:
+def check_same_run(workdir: str, cfg: dict[str, Any], data_record: dict[str, Any], model) -> None:
     """Refuses to resume a run of `workdir` whose config or data differ from this one.
+
+    Also restores the stored checkpoint into `model`'s shapes (`check_resumable`): a damaged
+    checkpoint is reported as such, and one that does not fit adds its reason to the message.
 
     Raises:
       ValueError: one line naming every differing key with its stored and new value.
+      CheckpointError: the checkpoint is truncated or corrupted.
     """
+    train_config = train_config_from(cfg)
     stored = stored_config(workdir)
-    if stored is None:
-        return
-    diff = config_diff(stored, cfg)
+    diff = [] if stored is None else config_diff(stored, cfg)
     old_data = read_json(os.path.join(workdir, DATA_FILE))
     if old_data and not diff and old_data.get("sha256") != data_record["sha256"]:
         diff = [f"the values of data.name {cfg['data']['name']!r} (its sha256 changed)"]
-    if diff:
-        raise ValueError(
-            f"{workdir} holds a run with another config ({'; '.join(diff)}); pass "
-            "--resume-as-is to continue that run with its own config, --overwrite to delete "
-            "it and start over, or use another --workdir"
-        )
+    if not diff:
+        check_resumable(workdir, model, train_config)
+        return
+    try:
+        check_resumable(workdir, model, train_config)
+        why = ""
+    except ValueError as e:  # the shapes that differ, without check_resumable's advice
+        why = f"; its checkpoint does not fit: {e.__cause__ or e}"
+    raise ValueError(
+        f"{workdir} holds a run with another config ({'; '.join(diff)}){why}; pass "
+        "--resume-as-is to continue that run with its own config, --overwrite to delete it "
+        "and start over, or use another --workdir"
+    )
 
 
 def prepare(
@@ -492,10 +502,10 @@ def prepare(
             f"devices, got {batch_size}; use a multiple of {devices}"
         )
     model = build_model(cfg, ds.input_shape)
-    if existing != "overwrite":
+    if existing == "refuse":
+        check_same_run(workdir, cfg, stats["record"], model)
+    elif existing == "resume_as_is":
         check_resumable(workdir, model, train_config)
-        if existing == "refuse":
-            check_same_run(workdir, cfg, stats["record"])
     return Prepared(
         cfg,
         ds,
