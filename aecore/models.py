@@ -6,6 +6,7 @@ is the exact Jacobian of one example.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
@@ -397,3 +398,48 @@ def make_autoencoder(
 def weight_arrays(model: nnx.Module) -> list[jax.Array]:
     """All weight matrices and conv kernels of a model (arrays of rank >= 2), biases excluded."""
     return [p for p in jax.tree.leaves(model) if p.ndim >= 2]
+
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Every argument of `make_autoencoder` but the input shape and key, as plain values.
+
+    A config's `model` section is derived from this dataclass (`aecore.configs`), so each field
+    is settable from a config file and from `--config.model.FIELD=...`; `build` is the one place
+    where a spec becomes a model. Lists (from JSON) are read as tuples.
+
+    Attributes:
+      hidden: encoder widths; the last is the code size d_z.
+      activation: encoder activation (one name for every layer, or a tuple, one per layer).
+      output: decoder output activation, "sigmoid" or "identity".
+      tied: decoder weights are the encoder's transposed (MLP only).
+      architecture: "mlp" or "conv".
+      decoder_hidden: hidden widths of an untied MLP decoder; None mirrors the encoder.
+      conv_channels: channels of the conv encoder's stride-2 layers.
+      dtype: parameter dtype name, one of `DTYPES` ("float64" for exactness checks).
+    """
+
+    hidden: tuple[int, ...] = (64,)
+    activation: str | tuple[str, ...] = "sigmoid"
+    output: str = "sigmoid"
+    tied: bool = False
+    architecture: str = "mlp"
+    decoder_hidden: tuple[int, ...] | None = None
+    conv_channels: tuple[int, ...] = (16, 32)
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("hidden", "decoder_hidden", "conv_channels", "activation"):
+            value = getattr(self, name)
+            if isinstance(value, list):  # JSON has no tuples
+                object.__setattr__(self, name, tuple(value))
+        _checks.check_choice("model dtype", self.dtype, DTYPES)
+
+    def build(self, input_shape: Sequence[int], key: jax.Array | int) -> Autoencoder:
+        """`make_autoencoder(input_shape, key=key, **fields)`: the model this spec describes."""
+        kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        kwargs["dtype"] = jnp.dtype(self.dtype)
+        return make_autoencoder(input_shape, key=key, **kwargs)

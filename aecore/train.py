@@ -257,7 +257,8 @@ def fit(
       config: how to train.
       x_test: held-out inputs [M, *input_shape] for periodic evaluation, or None.
       workdir: directory for checkpoints and metric files, or None to keep everything in memory.
-      run_config: JSON-serialisable description of the run, stored with each checkpoint.
+      run_config: JSON-serialisable description of the run to store with each checkpoint, or
+        None to store none (`aecore.run` keeps a run's config once, in WORKDIR/config.json).
 
     Returns:
       `FitResult` with the final model and optimizer state, the step reached, and the history
@@ -292,11 +293,9 @@ def fit(
     history: list[dict] = []
     ckpt = writer = None
     metrics_path = None
-    ckpt_config = {
-        "train": dataclasses.asdict(config),
-        "objective": dataclasses.asdict(objective),
-        "run": run_config or {},
-    }
+    # Only what the caller asks for: a run's config lives once, beside its checkpoints
+    # (aecore.run writes WORKDIR/config.json), not again in every step.
+    ckpt_config = run_config or {}
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
         ckpt = Checkpointer(

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from aecore import checkpoint, evaluate, losses, regularizers, train
+from aecore.cli import main
 from aecore.data import normalize
 from aecore.models import make_autoencoder
 from aecore.objective import Objective
-from experiments.main import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -226,7 +226,7 @@ def test_divergence_through_the_cli_is_one_line_exit_1(trained, monkeypatch, cap
     def diverge(*args, **kwargs):
         raise train.TrainingDiverged("non-finite values at step 3: kl, loss")
 
-    monkeypatch.setattr("experiments.train.fit", diverge)
+    monkeypatch.setattr("aecore.run.fit", diverge)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         main([*GOOD, "--workdir", str(root / "diverges")], exit_on_error=True)
@@ -247,7 +247,7 @@ def test_a_bug_keeps_its_traceback(trained, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("a bug inside training")
 
-    monkeypatch.setattr("experiments.train.fit", broken)
+    monkeypatch.setattr("aecore.run.fit", broken)
     fresh = str(root / "bug")
     with pytest.raises(ValueError, match="a bug inside training"):
         main([*GOOD, "--workdir", fresh], exit_on_error=True)

@@ -12,7 +12,7 @@ Runtime: about 40 s end to end (10000 steps, 18 s of it training; five figures) 
 
 import ml_collections
 
-from experiments.configs._base import base_config, finish
+from aecore.configs._base import base_config, finish
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ Runtime: about 65 s end to end (3000 steps) on this 2-core CPU, measured while
 
 import ml_collections
 
-from experiments.configs._base import base_config, finish
+from aecore.configs._base import base_config, finish
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:

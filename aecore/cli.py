@@ -4,6 +4,7 @@ aecore train CONFIG [--quick] [--data PATH_OR_NAME] [--workdir DIR] [--config.KE
              [--resume-as-is | --overwrite]
 aecore evaluate WORKDIR
 aecore encode WORKDIR --data PATH_OR_NAME --out codes.npy [--allow-out-of-range]
+aecore config NAME [--quick]
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
 
-from experiments import configs
+from aecore import configs
 
 # `aecore encode` refuses inputs beyond the training data's [min, max] by more than this
 # fraction of its span (the codes of such inputs are extrapolations, often saturated).
@@ -31,76 +32,6 @@ class UserError(ValueError):
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
-
-
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in config.keys():
-        v = config[k]
-        if isinstance(v, ml_collections.ConfigDict):
-            keys += _flat_keys(v, f"{prefix}{k}.")
-        else:
-            keys.append(f"{prefix}{k}")
-    return keys
-
-
-def _cast(key: str, text: str, current: Any, field_type: type | None) -> Any:
-    """`text` as the type of the field `key` (whose value is `current`)."""
-    t = field_type if field_type is not None else type(current)
-    if text.lower() in ("none", "null") and (current is None or t is type(None)):
-        return None
-    try:
-        if t is bool:
-            if text.lower() in _TRUE:
-                return True
-            if text.lower() in _FALSE:
-                return False
-            raise ValueError(f"expected one of {_TRUE + _FALSE}")
-        if t is int:
-            return int(text)
-        if t is float:
-            return float(text)
-        if t in (tuple, list):
-            parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
-            elem = type(current[0]) if current else int
-            return t(_cast(key, p.strip(), elem(), elem) for p in parts)
-        if t is str:
-            return text
-    except ValueError as e:
-        raise ValueError(
-            f"--config.{key}={text!r}: cannot read as {t.__name__} ({e}); the field holds "
-            f"{current!r}"
-        ) from None
-    raise ValueError(f"--config.{key}: fields of type {t.__name__} cannot be set from the CLI")
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-    """Sets `config` fields from `KEY=VALUE` strings (KEY dotted, e.g. `train.num_steps`).
-
-    Each value is cast to the type of the field it replaces (bool accepts true/false/1/0, tuples
-    are comma-separated, `none` clears an optional field).
-
-    Raises:
-      ValueError: an unknown key (the message lists the valid keys) or an uncastable value.
-    """
-    valid = _flat_keys(config)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} must read KEY=VALUE, e.g. train.num_steps=100")
-        if key not in valid:
-            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
-        *path, name = key.split(".")
-        section = config
-        for p in path:
-            section = section[p]
-        ref = section.get_ref(name)
-        value = _cast(key, text, section[name], ref.get_type())
-        with config.unlocked():  # a type change (e.g. int to float) is allowed when intended
-            section[name] = value
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -137,10 +68,19 @@ def _parser() -> argparse.ArgumentParser:
         "figures that fit the data. Re-running with the same workdir and the same config "
         "resumes from the latest checkpoint; a workdir holding a run with another config (or "
         "other data) is refused, listing the differing keys, unless --resume-as-is or "
-        "--overwrite is given. Override any config field with --config.SECTION.KEY=VALUE, "
-        "e.g. --config.train.num_steps=100 --config.objective.contractive=0.5 "
-        "--config.model.hidden=128 (--config.train.batch_size=none: the full batch).",
-        epilog=f"configs: {', '.join(configs.CONFIGS)}",
+        "--overwrite is given. Override any config field with --config.SECTION.KEY=VALUE "
+        "(ml_collections.config_flags; `aecore config CONFIG` lists them), e.g. "
+        "--config.train.num_steps=100 --config.objective.contractive=0.5 "
+        "--config.model.hidden=128,64 --config.objective.contractive_probes=1 "
+        "(--config.train.batch_size=none: the full batch).",
+        epilog="configs (what each trains, and what it should reach):\n\n"
+        + "\n\n".join(
+            textwrap.fill(
+                configs.summary(n), 100, initial_indent=f"  {n}: ", subsequent_indent="    "
+            )
+            for n in configs.CONFIGS
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("config", metavar="CONFIG", help=f"one of: {', '.join(configs.CONFIGS)}")
     t.add_argument("--quick", action="store_true", help="the config's quick variant (seconds)")
@@ -192,7 +132,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="encode inputs outside the training data's range anyway (with a warning)",
     )
+    g = sub.add_parser(
+        "config",
+        help="print an experiment config with its docstring",
+        description="Print config NAME's docstring (what it trains, the command, what it should "
+        "reach, its runtime) and every field as `section.key = value`: each line is settable "
+        "with `aecore train NAME --config.section.key=VALUE`.",
+    )
+    g.add_argument("name", metavar="NAME", help=f"one of: {', '.join(configs.CONFIGS)}")
+    g.add_argument("--quick", action="store_true", help="the config's quick variant")
     return p
+
+
+def _print_config(args) -> str:
+    config = configs.get_config(args.name, quick=args.quick)
+    text = f"{configs.doc(args.name)}\n\n{configs.describe(config)}"
+    print(text)
+    return text
 
 
 def _print_metrics(metrics: dict[str, Any], workdir: str) -> None:
@@ -204,12 +160,11 @@ def _print_metrics(metrics: dict[str, Any], workdir: str) -> None:
 
 
 def _train(args, overrides: list[str]) -> dict[str, Any]:
-    from experiments import train as tr
+    from aecore import run as tr
 
     workdir = args.workdir or os.path.join("runs", args.config)
     try:
-        config = configs.get_config(args.config, quick=args.quick)
-        apply_overrides(config, overrides)
+        config = configs.override(configs.get_config(args.config, quick=args.quick), overrides)
         if args.data is not None:
             config.data.name = args.data
         existing = "resume_as_is" if args.resume_as_is else "refuse"
@@ -225,7 +180,7 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
 def _evaluate(args) -> dict[str, Any]:
     import time
 
-    from experiments import train as tr
+    from aecore import run as tr
 
     started = time.perf_counter()
     cfg = tr.read_config(args.workdir)
@@ -246,7 +201,7 @@ def _check_range(args, x: np.ndarray, record: dict[str, Any]) -> None:
     `record` is the run's data.json (written at train time; for older runs, the training data
     as loaded now): its "train_min"/"train_max" are in raw units, like `x`.
     """
-    from experiments import train as tr
+    from aecore import run as tr
 
     lo, hi = float(record["train_min"]), float(record["train_max"])
     tol = RANGE_MARGIN * ((hi - lo) or max(abs(lo), abs(hi), 1.0))
@@ -269,8 +224,8 @@ def _check_range(args, x: np.ndarray, record: dict[str, Any]) -> None:
 
 def _encode(args) -> np.ndarray:
     from aecore import _checks, evaluate
+    from aecore import run as tr
     from aecore.data import load_dataset
-    from experiments import train as tr
 
     cfg = tr.read_config(args.workdir)
     ds, stats = tr.load_data(cfg["data"])  # the training statistics of the run
@@ -348,10 +303,11 @@ def _main(argv: list[str]) -> Any:
     args = parser.parse_args(rest)
     if overrides and args.command != "train":
         parser.error("--config.KEY=VALUE overrides apply to `aecore train` only")
-    if args.command == "train":
-        if args.config not in configs.CONFIGS:
-            parser.error(f"unknown config {args.config!r}; valid: {', '.join(configs.CONFIGS)}")
-        return _train(args, overrides)
+    if args.command in ("train", "config"):
+        name = args.config if args.command == "train" else args.name
+        if name not in configs.CONFIGS:
+            parser.error(f"unknown config {name!r}; valid: {', '.join(configs.CONFIGS)}")
+        return _train(args, overrides) if args.command == "train" else _print_config(args)
     from aecore.checkpoint import CheckpointError
 
     try:

@@ -1,7 +1,8 @@
-"""`train_and_evaluate(config, workdir)`: one experiment from a config to metrics and figures.
+"""`train_and_evaluate(config, workdir)`: one run from a config to checkpoints, metrics, figures.
 
-The ConfigDict is translated into plain keyword arguments and aecore dataclasses here, at the
-boundary; aecore itself never sees ml_collections.
+A config (a ConfigDict or plain nested dict, see `aecore.configs`) holds one section per
+dataclass: `data` (`DataConfig`), `model` (`ModelSpec`), `objective`, `train`; it is turned into
+those dataclasses here and stored once, as WORKDIR/config.json.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from aecore import _checks, evaluate, plots
 from aecore.checkpoint import Checkpointer, CheckpointError
 from aecore.data import Dataset, load_dataset, normalize
-from aecore.models import make_autoencoder
+from aecore.models import ModelSpec
 from aecore.objective import Objective
 from aecore.train import TrainConfig, fit, make_optimizer
 
@@ -68,10 +68,31 @@ def warn(message: str) -> None:
     print(f"warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
-def as_dict(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
-    """The config as plain nested dicts (JSON-serialisable; tuples become lists in JSON)."""
-    if isinstance(config, ml_collections.ConfigDict):
-        return config.to_dict()
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data a run trains on (`aecore.data.load_dataset`) and how it is normalized.
+
+    Attributes:
+      name: a dataset name (`aecore.data.DATASETS`, or a TFDS name) or a .npy/.npz/.csv path.
+      normalization: a method of `aecore.data.normalize` ("none", "unit", "standard", "pca").
+      data_dir: TFDS data directory, or None for its default.
+      max_examples: keep at most this many examples (before the split), or None for all.
+      test_fraction: the held-out fraction of a dataset without its own test split.
+      seed: the split's and subsample's seed.
+    """
+
+    name: str = "digits"
+    normalization: str = "none"
+    data_dir: str | None = None
+    max_examples: int | None = None
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    """A config (ConfigDict or nested dicts) as plain nested dicts, JSON-serialisable."""
+    if hasattr(config, "to_dict"):  # a ConfigDict; aecore never imports ml_collections itself
+        config = config.to_dict()
     return json.loads(json.dumps(config))
 
 
@@ -83,14 +104,15 @@ def load_data(data: dict[str, Any], *, name: str | None = None) -> tuple[Dataset
       "record": the raw data's shape, training range and fingerprint, as written to
       WORKDIR/data.json).
     """
+    d = DataConfig(**data)
     ds = load_dataset(
-        name or data["name"],
-        data_dir=data["data_dir"],
-        test_fraction=data["test_fraction"],
-        seed=data["seed"],
-        max_examples=data["max_examples"],
+        name or d.name,
+        data_dir=d.data_dir,
+        test_fraction=d.test_fraction,
+        seed=d.seed,
+        max_examples=d.max_examples,
     )
-    x_train, x_test, stats = normalize(ds.x_train, ds.x_test, method=data["normalization"])
+    x_train, x_test, stats = normalize(ds.x_train, ds.x_test, method=d.normalization)
     digest = hashlib.sha256()
     for x in (ds.x_train, ds.x_test):
         digest.update(np.ascontiguousarray(x).tobytes())
@@ -129,17 +151,8 @@ def check_loss_fits_data(objective: Objective, ds: Dataset, output: str) -> None
 
 
 def build_model(cfg: dict[str, Any], input_shape: tuple[int, ...]):
-    """`make_autoencoder` from a config's `model` section (initial weights from train.seed)."""
-    m = cfg["model"]
-    return make_autoencoder(
-        input_shape,
-        hidden=tuple(m["hidden"]),
-        activation=m["activation"],
-        output=m["output"],
-        tied=m["tied"],
-        architecture=m["architecture"],
-        key=cfg["train"]["seed"],
-    )
+    """The model of a config's `model` section (`ModelSpec.build`; weights from train.seed)."""
+    return ModelSpec(**cfg["model"]).build(input_shape, key=cfg["train"]["seed"])
 
 
 def objective_from(cfg: dict[str, Any]) -> Objective:
@@ -151,18 +164,11 @@ def train_config_from(cfg: dict[str, Any]) -> TrainConfig:
 
 
 def read_config(workdir: str) -> dict[str, Any]:
-    """The experiment config of a run: stored with its checkpoint, else WORKDIR/config.json."""
-    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
-    if os.path.isdir(ckpt_dir):
-        with Checkpointer(ckpt_dir) as ckpt:
-            if ckpt.latest_step() is not None:
-                run = ckpt.read_meta().get("config", {}).get("run")
-                if run:
-                    return run
+    """The config of a run: WORKDIR/config.json (the one place a run stores it)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"{workdir} holds neither a checkpoint nor {CONFIG_FILE}; train a model there first "
+            f"{workdir} holds no {CONFIG_FILE}; train a model there first "
             "with `aecore train CONFIG --workdir DIR`"
         )
     with open(path) as f:
@@ -178,7 +184,7 @@ def restore_model(workdir: str, cfg: dict[str, Any], input_shape: tuple[int, ...
 
 
 def stored_config(workdir: str) -> dict[str, Any] | None:
-    """The config of the run held in `workdir` (checkpoint, else config.json), or None."""
+    """The config of the run held in `workdir` (its config.json), or None."""
     try:
         return read_config(workdir)
     except FileNotFoundError:
@@ -452,7 +458,7 @@ def check_same_run(workdir: str, cfg: dict[str, Any], data_record: dict[str, Any
 
 
 def prepare(
-    config: ml_collections.ConfigDict | dict,
+    config: Any,
     workdir: str | os.PathLike[str],
     *,
     existing: str = "refuse",
@@ -550,7 +556,6 @@ def run_prepared(run: Prepared) -> dict[str, Any]:
         config=run.train_config,
         x_test=run.ds.x_test,
         workdir=run.workdir,
-        run_config=run.cfg,
     )
     metrics = {"steps": result.step}
     if result.history and "eval_reconstruction" in result.history[-1]:
@@ -562,7 +567,7 @@ def run_prepared(run: Prepared) -> dict[str, Any]:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict | dict,
+    config: Any,
     workdir: str | os.PathLike[str],
     *,
     existing: str = "refuse",

@@ -17,7 +17,7 @@ Runtime: 27 s end to end (3000 steps; 10 s of it training) on this 2-core CPU sh
 import ml_collections
 from ml_collections import config_dict
 
-from experiments.configs._base import base_config, finish
+from aecore.configs._base import base_config, finish
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:

@@ -1,0 +1,7 @@
+"""`python -m aecore ...`: the `aecore` command (`aecore.cli`)."""
+
+import sys
+
+from aecore.cli import cli
+
+sys.exit(cli())
