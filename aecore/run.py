@@ -25,7 +25,7 @@ from aecore.checkpoint import Checkpointer, CheckpointError
 from aecore.data import Dataset, load_dataset, normalize
 from aecore.models import ModelSpec
 from aecore.objective import Objective
-from aecore.train import TrainConfig, fit, make_optimizer
+from aecore.train import FitResult, TrainConfig, fit, make_optimizer
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -96,8 +96,13 @@ def as_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(config))
 
 
-def load_data(data: dict[str, Any], *, name: str | None = None) -> tuple[Dataset, dict[str, Any]]:
+def load_data(
+    data: dict[str, Any], *, name: str | None = None, dataset: Dataset | None = None
+) -> tuple[Dataset, dict[str, Any]]:
     """Loads and normalizes the dataset of a config's `data` section.
+
+    `dataset`, when given, is used instead of loading `data["name"]` (an experiment's synthetic
+    or preprocessed data); it is normalized by `data["normalization"]` all the same.
 
     Returns:
       (dataset with normalized inputs, normalization stats of `aecore.data.normalize` plus
@@ -105,7 +110,7 @@ def load_data(data: dict[str, Any], *, name: str | None = None) -> tuple[Dataset
       WORKDIR/data.json).
     """
     d = DataConfig(**data)
-    ds = load_dataset(
+    ds = dataset or load_dataset(
         name or d.name,
         data_dir=d.data_dir,
         test_fraction=d.test_fraction,
@@ -359,8 +364,9 @@ def finish_run(
     *,
     history: list[dict] | None,
     metrics: dict[str, Any],
+    figures: bool = True,
 ) -> dict[str, Any]:
-    """Evaluates `model`, writes WORKDIR/metrics.json, then draws the figures into `workdir`.
+    """Evaluates `model`, writes WORKDIR/metrics.json, then (`figures`) draws the figures.
 
     `metrics` holds the keys to keep (an earlier metrics.json, steps, timings); the recomputed
     metrics replace their namesakes. metrics.json is written before any figure is drawn, and
@@ -373,6 +379,8 @@ def finish_run(
             metrics["final_eval_reconstruction"] = last[-1]
     path = os.path.join(workdir, METRICS_FILE)
     write_json(path, metrics)
+    if not figures:
+        return metrics
     figures = {  # figures drawn earlier and still on disk stay listed
         k: v for k, v in metrics.get("figures", {}).items() if os.path.exists(v)
     }
@@ -462,6 +470,7 @@ def prepare(
     workdir: str | os.PathLike[str],
     *,
     existing: str = "refuse",
+    dataset: Dataset | None = None,
 ) -> Prepared:
     """Validates a run completely (config values, data, resumable checkpoint); writes nothing.
 
@@ -472,6 +481,7 @@ def prepare(
       existing: what to do when `workdir` holds a run with another config: "refuse" (raise,
         listing the differing keys), "resume_as_is" (continue the stored run with its own
         config; `config` is ignored) or "overwrite" (delete the stored run before training).
+      dataset: data to train on instead of loading `config.data.name` (see `load_data`).
 
     Raises:
       One of `USER_ERRORS`, whose message names the bad value and what is allowed.
@@ -492,7 +502,7 @@ def prepare(
         cfg = stored
     objective = objective_from(cfg)
     train_config = train_config_from(cfg)
-    ds, stats = load_data(cfg["data"])
+    ds, stats = load_data(cfg["data"], dataset=dataset)
     check_loss_fits_data(objective, ds, cfg["model"]["output"])
     n = ds.x_train.shape[0]
     batch_size = train_config.batch_size or n  # None: the whole training set
@@ -539,8 +549,8 @@ def remove_run(workdir: str) -> list[str]:
     return removed
 
 
-def run_prepared(run: Prepared) -> dict[str, Any]:
-    """Trains (or resumes) a `prepare`d run, evaluates it, and writes its outputs."""
+def train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
+    """Trains (or resumes) a `prepare`d run: (the fit result, the metrics it adds)."""
     started = time.perf_counter()
     if run.overwrite and os.path.isdir(run.workdir):
         removed = remove_run(run.workdir)
@@ -561,8 +571,20 @@ def run_prepared(run: Prepared) -> dict[str, Any]:
     if result.history and "eval_reconstruction" in result.history[-1]:
         metrics["final_eval_reconstruction"] = result.history[-1]["eval_reconstruction"]
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    return result, metrics
+
+
+def run_prepared(run: Prepared, *, figures: bool = True) -> dict[str, Any]:
+    """Trains (or resumes) a `prepare`d run, evaluates it, and writes its outputs."""
+    result, metrics = train_prepared(run)
     return finish_run(
-        result.model, run.ds, run.cfg, run.workdir, history=result.history, metrics=metrics
+        result.model,
+        run.ds,
+        run.cfg,
+        run.workdir,
+        history=result.history,
+        metrics=metrics,
+        figures=figures,
     )
 
 

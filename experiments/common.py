@@ -1,5 +1,5 @@
-"""Shared plumbing of the experiment scripts: command-line flags, data choice, training a model
-from plain keyword arguments, and writing results.json. No experiment logic lives here.
+"""Shared plumbing of the experiment scripts: flags, data choice, config records trained through
+`aecore.run` (the path of `aecore train`), check records and the run's metrics.json.
 """
 
 from __future__ import annotations
@@ -7,17 +7,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import operator
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 
-from aecore import Objective, make_autoencoder
+from aecore import Objective, configs
+from aecore import run as aerun
 from aecore.data import Dataset, load_dataset
-from aecore.train import FitResult, TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
 # 10,000 real MNIST digits kept beside the checkout for offline development (see its README).
@@ -76,18 +78,144 @@ def flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-def train_model(
-    x_train: np.ndarray,
+def record(
     *,
     model: dict[str, Any],
-    objective: Objective,
+    objective: Objective | dict[str, Any],
     train: dict[str, Any],
+    data: dict[str, Any] | None = None,
     seed: int = 0,
-) -> FitResult:
-    """Builds `make_autoencoder(input_shape, **model)` and fits it; progress bar off."""
-    net = make_autoencoder(x_train.shape[1:], key=seed, **model)
-    config = TrainConfig(seed=seed, progress=False, **train)
-    return fit(net, objective, x_train, config=config)
+) -> ml_collections.ConfigDict:
+    """One run of an experiment as a config record: the sections of `aecore.configs`, starting
+    from the LIBRARY's defaults (`ModelSpec`, `Objective`, `TrainConfig`), with these fields set.
+
+    `objective` may be an `Objective` (its fields are copied). The progress bar is off and
+    `train.seed` is `seed`. Unknown fields raise (the record is locked like any config).
+    """
+    c = configs.base_config(defaults={})
+    if isinstance(objective, Objective):
+        objective = {
+            f.name: getattr(objective, f.name)
+            for f in dataclasses.fields(objective)
+            if f"objective.{f.name}" not in configs.NOT_CONFIGURABLE
+        }
+    c.lock()
+    sections = {"model": model, "objective": objective, "train": train, "data": data or {}}
+    with c.ignore_type():  # e.g. an int learning rate, a list of widths: the dataclass checks
+        for section, values in sections.items():
+            for key, value in values.items():
+                c[section][key] = tuple(value) if isinstance(value, list) else value
+    c.train.seed = seed
+    c.train.progress = False
+    return c
+
+
+# The overcomplete copier of exp_overcomplete and exp_weight_decay_tied: sigmoid codes, linear
+# decoder, squared error; the noise of the noisy-input ratio.
+COPIER_NOISE_SIGMA = 0.2
+
+
+def copier_record(objective: Objective, *, tied: bool, hidden: int, quick: bool, seed: int):
+    """The config record of the overcomplete copier with `objective` (500 quick steps)."""
+    return record(
+        model=dict(hidden=(hidden,), activation="sigmoid", output="identity", tied=tied),
+        objective=objective,
+        train=dict(
+            num_steps=500 if quick else 4000, batch_size=128, learning_rate=1e-2, log_every=100
+        ),
+        seed=seed,
+    )
+
+
+def copier_width(quick: bool) -> int:
+    return 128 if quick else 256
+
+
+def plot_bars(path, table: dict[str, dict[str, float]], keys: tuple[str, ...]) -> None:
+    """One bar panel per measure in `keys`, one bar per variant (the first, the baseline, red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    titles = {
+        "train_error": "train error (Σ pixels)",
+        "test_error": "test error (Σ pixels)",
+        "identity_distance": "‖J x̂ − I‖²_F / d  (0 = copier)",
+        "noise_ratio": "noisy-input ratio (1 = noise copied)",
+        "weight_norm": "Σ‖W‖_F",
+    }
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.4))
+    for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
+        ax.bar(range(len(names)), [table[n][key] for n in names], color="C0")
+        ax.bar([0], [table[names[0]][key]], color="C3")
+        if key == "noise_ratio":
+            ax.axhline(1.0, c="k", ls="--", lw=1)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(titles.get(key, key), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A trained record: the model, its fit history, its metrics (as in its metrics.json)."""
+
+    model: Any
+    history: list[dict]
+    metrics: dict[str, Any]
+    workdir: Path
+
+
+def dataset(
+    name: str,
+    x_train: np.ndarray,
+    x_test: np.ndarray | None = None,
+    y_train: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+) -> Dataset:
+    """Arrays as an `aecore.data.Dataset` (no test split given: the training data stands in)."""
+    x_test = x_train if x_test is None else x_test
+    if y_train is not None and y_test is None:
+        y_test = y_train if x_test is x_train else None
+    y_train = None if y_test is None else y_train
+    unit = (
+        float(min(x_train.min(), x_test.min())) >= 0
+        and float(max(x_train.max(), x_test.max())) <= 1
+    )
+    return Dataset(
+        name,
+        np.asarray(x_train, np.float32),
+        np.asarray(x_test, np.float32),
+        y_train,
+        y_test,
+        "unit" if unit else "real",
+        f"{name}: {len(x_train)} train / {len(x_test)} test examples of {x_train.shape[1:]}",
+    )
+
+
+def train(s: Setup, name: str, config: ml_collections.ConfigDict, data: Dataset) -> Trained:
+    """Trains `config` on `data` through `aecore.run` (prepare, train, evaluate: the path of
+    `aecore train`) in s.out/runs/<name>: config.json, data.json, checkpoints, metrics.jsonl,
+    metrics.json. A run found there is replaced (an experiment always trains afresh).
+    """
+    workdir = s.out / "runs" / name.replace(" ", "_").replace("/", "_")
+    if workdir.is_dir():
+        aerun.remove_run(str(workdir))
+    prepared = aerun.prepare(config, workdir, dataset=data)
+    result, kept = aerun.train_prepared(prepared)
+    metrics = aerun.finish_run(
+        result.model,
+        prepared.ds,
+        prepared.cfg,
+        str(workdir),
+        history=result.history,
+        metrics=kept,
+        figures=False,
+    )
+    return Trained(result.model, result.history, metrics, workdir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,29 +243,65 @@ def setup(name: str, args: argparse.Namespace, *, labelled: bool = False) -> Set
     return Setup(started, out, ds, flat(ds.x_train), flat(ds.x_test))
 
 
-def finish(
-    name: str,
-    s: Setup,
-    args: argparse.Namespace,
-    fields: dict[str, Any],
-    *,
-    checks: dict[str, bool],
-    strict: bool = False,
-) -> dict[str, Any]:
-    """Writes results.json: the dataset description, the --quick flag, `fields` and `checks`.
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One claim of an experiment: its name, what is expected, what was measured, and whether the
+    measurement meets the expectation. Written to metrics.json; one that fails fails the run."""
 
-    With `strict`, raises RuntimeError naming the failed checks (after writing, so the results
-    stay on disk for inspection).
+    name: str
+    expected: str
+    measured: Any
+    passed: bool
+
+
+_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def check(name: str, measured: float, op: str, bound: float, *, why: str = "") -> Check:
+    """`Check` of `measured OP bound`, e.g. check("noise_ratio", 0.93, ">", 0.9)."""
+    if op not in _OPS:
+        raise ValueError(f"op must be one of {list(_OPS)}, got {op!r}")
+    expected = f"{op} {bound:.6g}" + (f" ({why})" if why else "")
+    return Check(name, expected, to_jsonable(measured), bool(_OPS[op](measured, bound)))
+
+
+class ChecksFailed(RuntimeError):
+    """An experiment's checks did not all pass (its metrics.json is on disk)."""
+
+
+def finish(
+    name: str, s: Setup, args: argparse.Namespace, fields: dict[str, Any], *, checks: list[Check]
+) -> dict[str, Any]:
+    """Writes metrics.json: the dataset description, the --quick flag, `fields` and `checks`
+    (records name, expected, measured, passed). Every experiment states at least one check.
+
+    Raises:
+      ValueError: no check given.
+      ChecksFailed: a check failed, naming each (after writing, so the results stay on disk).
     """
+    if not checks:
+        raise ValueError(f"exp_{name} states no check; every experiment checks its claim")
     results = write_results(
         s.out,
-        {"data": s.ds.description, "quick": bool(args.quick), **fields, "checks": checks},
+        {
+            "data": s.ds.description,
+            "quick": bool(args.quick),
+            **fields,
+            "checks": [dataclasses.asdict(c) for c in checks],
+        },
         started=s.started,
     )
-    failed = [k for k, ok in checks.items() if not ok]
-    if strict and failed:
-        raise RuntimeError(f"exp_{name} checks failed: {failed} (results in {s.out})")
+    for c in checks:
+        print(f"{'pass' if c.passed else 'FAIL'}  {c.name}: {c.measured} (expected {c.expected})")
+    failed = [f"{c.name} = {c.measured} (expected {c.expected})" for c in checks if not c.passed]
+    if failed:
+        raise ChecksFailed(f"exp_{name}: {len(failed)} check(s) failed: {'; '.join(failed)}")
     return results
+
+
+def passed(results: dict[str, Any]) -> dict[str, bool]:
+    """name -> passed, from the check records of a metrics.json."""
+    return {c["name"]: c["passed"] for c in results["checks"]}
 
 
 def first_paragraph(doc: str) -> str:
@@ -173,10 +337,13 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+METRICS_FILE = aerun.METRICS_FILE
+
+
 def write_results(path: Path, results: dict[str, Any], *, started: float) -> dict[str, Any]:
-    """Writes results.json (with wall time) into `path` and prints a short summary."""
+    """Writes metrics.json (with wall time) into `path` and prints a short summary."""
     results = {**to_jsonable(results), "wall_time_s": round(time.perf_counter() - started, 2)}
-    (path / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (path / METRICS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(json.dumps(results, indent=2, sort_keys=True))
-    print(f"results and figures in {path}")
+    print(f"metrics and figures in {path}")
     return results

@@ -32,9 +32,10 @@ from aecore import evaluate as ev
 from experiments import common
 
 NAME = "overcomplete"
-NOISE_SIGMA = 0.2
+NOISE_SIGMA = common.COPIER_NOISE_SIGMA
 
-# name -> (objective, tied). Weights chosen so each regularizer visibly acts at this scale.
+# name -> (objective, tied): the sweep of config records. Weights chosen so each regularizer
+# visibly acts at this scale.
 VARIANTS: dict[str, tuple[Objective, bool]] = {
     "plain": (Objective(), False),
     "weight decay": (Objective(weight_decay=1e-3), False),
@@ -67,86 +68,73 @@ def measure(model, x_train: np.ndarray, x_test: np.ndarray, *, seed: int) -> dic
     }
 
 
-def plot_bars(path, table: dict[str, dict[str, float]], keys: tuple[str, ...]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(table)
-    titles = {
-        "train_error": "train error (Σ pixels)",
-        "test_error": "test error (Σ pixels)",
-        "identity_distance": "‖J x̂ − I‖²_F / d  (0 = copier)",
-        "noise_ratio": "noisy-input ratio (1 = noise copied)",
-        "weight_norm": "Σ‖W‖_F",
-    }
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.4))
-    for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
-        ax.bar(range(len(names)), [table[n][key] for n in names], color="C0")
-        ax.bar([0], [table[names[0]][key]], color="C3")
-        if key == "noise_ratio":
-            ax.axhline(1.0, c="k", ls="--", lw=1)
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(titles.get(key, key), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def copier_settings(*, quick: bool) -> tuple[int, dict[str, Any]]:
-    """(code size, train kwargs) of the overcomplete copier, shared with exp_weight_decay_tied."""
-    steps = 500 if quick else 4000
-    return (128 if quick else 256), dict(num_steps=steps, batch_size=128, learning_rate=1e-2)
-
-
-def fit_copier(
-    x_train: np.ndarray, objective: Objective, *, tied: bool, hidden: int, train: dict, seed: int
-):
-    """Trains the copier: `hidden` sigmoid codes, linear decoder, on x_train [N, d]."""
-    return common.train_model(
-        x_train,
-        model=dict(hidden=(hidden,), activation="sigmoid", output="identity", tied=tied),
-        objective=objective,
-        train=dict(log_every=100, **train),
-        seed=seed,
-    )
-
-
 def run(args) -> dict[str, Any]:
     ctx = common.setup(NAME, args)
     out, x_train, x_test = ctx.out, ctx.x_train, ctx.x_test
-    hidden, train = copier_settings(quick=args.quick)
+    data = common.dataset(ctx.ds.name, x_train, x_test)
+    hidden = common.copier_width(args.quick)
     if hidden < x_train.shape[1]:
         hidden = 2 * x_train.shape[1]
     table = {}
     for name, (objective, tied) in VARIANTS.items():
-        fit = fit_copier(x_train, objective, tied=tied, hidden=hidden, train=train, seed=args.seed)
-        table[name] = measure(fit.model, x_train, x_test, seed=args.seed)
+        config = common.copier_record(
+            objective, tied=tied, hidden=hidden, quick=args.quick, seed=args.seed
+        )
+        trained = common.train(ctx, name, config, data)
+        table[name] = measure(trained.model, x_train, x_test, seed=args.seed)
         print(f"{name:>14}: " + ", ".join(f"{k} {v:.4f}" for k, v in table[name].items()))
-    plot_bars(out / "overcomplete.png", table, ("train_error", "identity_distance", "noise_ratio"))
+    common.plot_bars(
+        out / "overcomplete.png", table, ("train_error", "identity_distance", "noise_ratio")
+    )
     plain = table["plain"]
     data_energy = float(np.mean(np.sum((x_train - x_train.mean(0)) ** 2, axis=1)))
-    checks = {
+    # The default run's 4000 steps copy the noise through (ratio 1.04); the quick run's 500
+    # steps leave the copier unfinished (ratio ~0.83), still far above the regularized
+    # variants' 0.3-0.5: the quick bound says that much and no more.
+    noise_bound = 0.75 if args.quick else 0.9
+    checks = [
         # The copier's training error is a small fraction of the data's variance.
-        "plain_copies_train_error_below_5pct_of_variance": plain["train_error"]
-        < 0.05 * data_energy,
-        "plain_noise_ratio_near_1": plain["noise_ratio"] > 0.9,
-        # Weight decay, tying, denoising and contraction shrink the encoder's gain: less noise
-        # passes through. KL sparsity does not (its few active units have high gain), but its map
-        # is far from the identity: it stops the copy by the other measure.
-        "wd_tied_dae_cae_lower_noise_ratio": all(
-            table[k]["noise_ratio"] < plain["noise_ratio"]
-            for k in ("weight decay", "tied", "denoising", "contractive")
+        common.check(
+            "plain_train_error_over_data_variance",
+            plain["train_error"] / data_energy,
+            "<",
+            0.05,
+            why="the plain AE copies its training data",
         ),
-        "sparse_map_farther_from_identity": table["sparse (KL)"]["identity_distance"]
-        > plain["identity_distance"],
-    }
+        common.check(
+            "plain_noise_ratio",
+            plain["noise_ratio"],
+            ">",
+            noise_bound,
+            why="noise copied through; 0.75 in --quick (500 steps: ~0.83), 0.9 in the default run",
+        ),
+    ]
+    # Weight decay, tying, denoising and contraction shrink the encoder's gain: less noise
+    # passes through. KL sparsity does not (its few active units have high gain), but its map
+    # is far from the identity: it stops the copy by the other measure.
+    for k in ("weight decay", "tied", "denoising", "contractive"):
+        checks.append(
+            common.check(
+                f"noise_ratio_{k.replace(' ', '_')}",
+                table[k]["noise_ratio"],
+                "<",
+                plain["noise_ratio"],
+                why="below the plain copier's",
+            )
+        )
+    checks.append(
+        common.check(
+            "sparse_identity_distance",
+            table["sparse (KL)"]["identity_distance"],
+            ">",
+            plain["identity_distance"],
+            why="farther from the identity than the plain copier's map",
+        )
+    )
     results = {
         "hidden": hidden,
         "input_dim": int(x_train.shape[1]),
         "noise_sigma": NOISE_SIGMA,
-        "train": train,
         "data_variance_sum": data_energy,
         "variants": table,
     }

@@ -21,14 +21,9 @@ import numpy as np
 from aecore import Objective, plots
 from aecore import evaluate as ev
 from experiments import common
-from experiments.exp_overcomplete import (
-    NOISE_SIGMA,
-    copier_settings,
-    fit_copier,
-    plot_bars,
-)
 
 NAME = "weight_decay_tied"
+NOISE_SIGMA = common.COPIER_NOISE_SIGMA
 
 VARIANTS: dict[str, tuple[Objective, bool]] = {
     "plain": (Objective(), False),
@@ -54,11 +49,14 @@ def run(args) -> dict[str, Any]:
     ctx = common.setup(NAME, args)
     out, ds, x_train, x_test = ctx.out, ctx.ds, ctx.x_train, ctx.x_test
     image_shape = ds.input_shape
-    hidden, train = copier_settings(quick=args.quick)
+    data = common.dataset(ds.name, x_train, x_test)
+    hidden = common.copier_width(args.quick)
     table = {}
     for name, (objective, tied) in VARIANTS.items():
-        fit = fit_copier(x_train, objective, tied=tied, hidden=hidden, train=train, seed=args.seed)
-        model = fit.model
+        config = common.copier_record(
+            objective, tied=tied, hidden=hidden, quick=args.quick, seed=args.seed
+        )
+        model = common.train(ctx, name, config, data).model
         table[name] = {
             "weight_decay": objective.weight_decay,
             "tied": tied,
@@ -75,22 +73,37 @@ def run(args) -> dict[str, Any]:
             n=64,
         )
         print(f"{name:>15}: " + ", ".join(f"{k} {v}" for k, v in table[name].items()))
-    plot_bars(
+    common.plot_bars(
         out / "weight_decay_tied.png",
         table,
         ("test_error", "noise_ratio", "encoder_weight_norm"),
     )
     wd = [table[n] for n in ("plain", "wd 1e-4", "wd 1e-3", "wd 1e-2")]
-    checks = {
-        "encoder_norm_decreases_with_weight_decay": all(
-            a["encoder_weight_norm"] > b["encoder_weight_norm"]
-            for a, b in zip(wd[:-1], wd[1:], strict=True)
+    checks = [
+        common.Check(
+            "encoder_norm_decreases_with_weight_decay",
+            "‖W_enc‖_F strictly falls as λ: 0 → 1e-4 → 1e-3 → 1e-2",
+            [w["encoder_weight_norm"] for w in wd],
+            all(
+                a["encoder_weight_norm"] > b["encoder_weight_norm"]
+                for a, b in zip(wd[:-1], wd[1:], strict=True)
+            ),
         ),
-        "test_error_increases_with_weight_decay": all(
-            a["test_error"] < b["test_error"] for a, b in zip(wd[1:-1], wd[2:], strict=True)
+        common.Check(
+            "test_error_increases_with_weight_decay",
+            "test error strictly rises as λ: 1e-4 → 1e-3 → 1e-2",
+            [w["test_error"] for w in wd[1:]],
+            all(a["test_error"] < b["test_error"] for a, b in zip(wd[1:-1], wd[2:], strict=True)),
         ),
-    }
-    results = {"hidden": hidden, "train": train, "noise_sigma": NOISE_SIGMA, "variants": table}
+        common.Check(
+            "tied_decoder_norm_equals_encoder_norm",
+            "ratio 1 within 1e-6 (the tied decoder is Wᵀ)",
+            table["tied"]["decoder_weight_norm"] / table["tied"]["encoder_weight_norm"],
+            abs(table["tied"]["decoder_weight_norm"] / table["tied"]["encoder_weight_norm"] - 1)
+            < 1e-6,
+        ),
+    ]
+    results = {"hidden": hidden, "noise_sigma": NOISE_SIGMA, "variants": table}
     return common.finish(NAME, ctx, args, results, checks=checks)
 
 

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from experiments import (
+    common,
     exp_contractive,
     exp_decoder_loss,
     exp_overcomplete,
@@ -21,7 +22,7 @@ from experiments import (
 
 def _run(module, tmp_path, keys, pngs):
     results = module.main(["--quick", "--data", "digits", "--out", str(tmp_path)])
-    on_disk = json.loads((tmp_path / "results.json").read_text())
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert set(on_disk) == set(results)
     assert set(keys) <= set(on_disk)
     for name in pngs:
@@ -78,7 +79,7 @@ def test_decoder_loss(tmp_path):
     assert s["real: linear + CE"]["status"].startswith("rejected: ValueError")
     assert "[0, 1]" in s["real: linear + CE"]["status"]
     assert "min_train_loss" not in s["real: linear + CE"]
-    assert r["checks"]["linear_CE_on_real_rejected_before_training"]
+    assert common.passed(r)["linear_CE_on_real_rejected_before_training"]
     assert s["binary: sigmoid + CE"]["eager_check"] == "accepted"
 
 
@@ -89,7 +90,7 @@ def test_weight_decay_tied(tmp_path):
         ["variants", "checks"],
         ["weight_decay_tied.png", "filters_plain.png", "filters_wd_1e-2.png", "filters_tied.png"],
     )
-    assert r["checks"]["encoder_norm_decreases_with_weight_decay"]
+    assert common.passed(r)["encoder_norm_decreases_with_weight_decay"]
     v = r["variants"]
     assert v["tied"]["encoder_weight_norm"] == pytest.approx(v["tied"]["decoder_weight_norm"])
     assert v["wd 1e-2"]["test_error"] > v["plain"]["test_error"]

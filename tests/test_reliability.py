@@ -119,7 +119,7 @@ BAD_COMMANDS = [
         "needs train.batch_size divisible by the 8 devices, got 30",
     ),
     (["--config.train.learning_rate=-1"], "learning_rate must be a finite number > 0"),
-    (["--config.train.num_steps=many"], "train.num_steps='many': cannot read as int"),
+    (["--config.train.num_steps=many"], "--config.train.num_steps=many: invalid literal for int"),
     (["--config.model.activation=swish"], "unknown activation 'swish'; valid: 'sigmoid'"),
     (["--config.objective.jacobian_mode=fast"], "unknown jacobian_mode 'fast'; valid: 'auto'"),
     (["--config.objective.loss=hinge"], "unknown loss 'hinge'; valid: 'squared_error'"),

@@ -85,15 +85,17 @@ def schema() -> dict[str, tuple[type, bool]]:
     return keys
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """An unlocked config: each `SECTIONS` dataclass's fields, with `EXPERIMENT_DEFAULTS`."""
+def base_config(defaults: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """An unlocked config: each `SECTIONS` dataclass's fields with its default, except for the
+    keys of `defaults` (`EXPERIMENT_DEFAULTS` when None; `{}` for the library's own defaults)."""
+    defaults = EXPERIMENT_DEFAULTS if defaults is None else defaults
     c = ml_collections.ConfigDict()
     fields = {f"{s}.{f.name}": f for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     for key, (t, _) in schema().items():
         section, name = key.split(".")
         if section not in c:
             c[section] = ml_collections.ConfigDict()
-        value = EXPERIMENT_DEFAULTS.get(key, fields[key].default)
+        value = defaults.get(key, fields[key].default)
         c[section][name] = config_dict.placeholder(t) if value is None else value
     return c
 
@@ -166,8 +168,12 @@ def override(
         section, name = key.split(".")
         elem = _element_type(SECTIONS[section], name)
         value = config[section][name]
-        if isinstance(value, tuple) and elem is not None and not all(
-            isinstance(v, elem) and not (elem is int and isinstance(v, bool)) for v in value
+        if (
+            isinstance(value, tuple)
+            and elem is not None
+            and not all(
+                isinstance(v, elem) and not (elem is int and isinstance(v, bool)) for v in value
+            )
         ):
             raise ValueError(
                 f"--config.{key}: {value!r} is not a tuple of {elem.__name__}, e.g. "
