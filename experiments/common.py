@@ -196,7 +196,23 @@ def dataset(
     )
 
 
-def train(s: Setup, name: str, config: ml_collections.ConfigDict, data: Dataset) -> Trained:
+def fit_record(
+    s: Setup,
+    name: str,
+    x_train: np.ndarray,
+    x_test: np.ndarray | None = None,
+    *,
+    model: dict[str, Any],
+    objective: Objective | dict[str, Any],
+    train: dict[str, Any],
+    seed: int = 0,
+) -> Trained:
+    """`train_record` of `record(model=, objective=, train=, seed=)` on arrays [N, ...]."""
+    config = record(model=model, objective=objective, train=train, seed=seed)
+    return train_record(s, name, config, dataset(name, x_train, x_test))
+
+
+def train_record(s: Setup, name: str, config: ml_collections.ConfigDict, data: Dataset) -> Trained:
     """Trains `config` on `data` through `aecore.run` (prepare, train, evaluate: the path of
     `aecore train`) in s.out/runs/<name>: config.json, data.json, checkpoints, metrics.jsonl,
     metrics.json. A run found there is replaced (an experiment always trains afresh).

@@ -44,7 +44,7 @@ def squared_error(x_hat: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.sum((np.asarray(x_hat, np.float64) - x).reshape(len(x), -1) ** 2, axis=1)
 
 
-def anomaly_detection(ds, *, quick: bool, seed: int, code: int = 32) -> dict[str, Any]:
+def anomaly_detection(ctx, ds, *, quick: bool, seed: int, code: int = 32) -> dict[str, Any]:
     from sklearn.decomposition import PCA
     from sklearn.metrics import roc_auc_score
 
@@ -54,7 +54,9 @@ def anomaly_detection(ds, *, quick: bool, seed: int, code: int = 32) -> dict[str
     per_class = {}
     for c in classes:
         x_norm = common.flat(ds.x_train[ds.y_train == c])
-        fit = common.train_model(
+        fit = common.fit_record(
+            ctx,
+            f"anomaly_class_{c}",
             x_norm,
             model=dict(hidden=(code,), activation="sigmoid", output="sigmoid"),
             objective=Objective(loss="cross_entropy"),
@@ -108,7 +110,7 @@ def run(args) -> dict[str, Any]:
     timing = {}
 
     t0 = time.perf_counter()
-    anomaly = anomaly_detection(ds, quick=args.quick, seed=args.seed)
+    anomaly = anomaly_detection(ctx, ds, quick=args.quick, seed=args.seed)
     timing["anomaly"] = time.perf_counter() - t0
 
     # Denoising DAEs (also used for inpainting).
@@ -119,8 +121,15 @@ def run(args) -> dict[str, Any]:
     denoise, daes = {}, {}
     for kind, level in noises.items():
         obj = Objective(loss="cross_entropy", corruption=kind, corruption_level=level)
-        daes[kind] = common.train_model(
-            x_train, model=model, objective=obj, train=train, seed=args.seed
+        daes[kind] = common.fit_record(
+            ctx,
+            f"dae_{kind}",
+            x_train,
+            x_test,
+            model=model,
+            objective=obj,
+            train=train,
+            seed=args.seed,
         ).model
         if kind == "gaussian":
             x_noisy = (x_test + level * rng.standard_normal(x_test.shape)).astype(np.float32)
@@ -155,8 +164,11 @@ def run(args) -> dict[str, Any]:
     from sklearn.decomposition import PCA
 
     code = 16 if args.quick else 64
-    ret_model = common.train_model(
+    ret_model = common.fit_record(
+        ctx,
+        "retrieval_dae",
         x_train,
+        x_test,
         model=dict(hidden=(code,), activation="sigmoid", output="sigmoid"),
         objective=Objective(loss="cross_entropy", corruption="mask", corruption_level=0.25),
         train=train,
@@ -175,8 +187,41 @@ def run(args) -> dict[str, Any]:
     }
     timing["retrieval"] = time.perf_counter() - t0
 
+    worst = min(anomaly["per_class"].items(), key=lambda kv: kv[1]["auroc_ae"])
+    checks = [
+        common.check(
+            f"worst_class_auroc_ae (class {worst[0]})",
+            worst[1]["auroc_ae"],
+            ">",
+            0.5,
+            why="reconstruction error detects the other classes, for every class",
+        ),
+        *(
+            common.check(
+                f"denoising_{kind}_psnr_gain_db",
+                d["psnr_reconstructed_db"] - d["psnr_noisy_db"],
+                ">",
+                0.0,
+                why="the DAE's reconstruction is cleaner than its noisy input",
+            )
+            for kind, d in denoise.items()
+        ),
+        common.check(
+            "inpainting_one_pass_psnr_gain_db",
+            inpainting["psnr_region_one_pass_db"] - inpainting["psnr_region_before_db"],
+            ">",
+            0.0,
+            why="one DAE pass fills the masked square better than zeros",
+        ),
+        common.check(
+            "retrieval_dae_code_over_raw_pixels_precision_at_10",
+            retrieval["dae_code"] / retrieval["raw_pixels"],
+            ">",
+            0.8,
+            why="code-space neighbours close to pixel-space ones",
+        ),
+    ]
     results = {
-        "data": ds.description,
         "anomaly_detection": anomaly,
         "denoising": denoise,
         "denoising_train": train,
@@ -186,7 +231,7 @@ def run(args) -> dict[str, Any]:
         "retrieval_code_size": code,
         "seconds": {k: round(v, 1) for k, v in timing.items()},
     }
-    return common.write_results(out, results, started=ctx.started)
+    return common.finish(NAME, ctx, args, results, checks=checks)
 
 
 main = common.main_for(run, __doc__, default_data=common.mnist_10k_or_digits())

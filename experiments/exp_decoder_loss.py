@@ -51,7 +51,15 @@ def unit_interval_floor(x: np.ndarray) -> float:
 
 
 def run_setting(
-    x_train: np.ndarray, x_test: np.ndarray, *, output: str, loss: str, train: dict, seed: int
+    ctx: common.Setup,
+    name: str,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    *,
+    output: str,
+    loss: str,
+    train: dict,
+    seed: int,
 ) -> tuple[dict[str, Any], np.ndarray | None, list[dict]]:
     """Trains one pairing; returns (metrics, test reconstructions or None, history)."""
     row: dict[str, Any] = {}
@@ -64,14 +72,17 @@ def run_setting(
         except ValueError as err:
             row["eager_check"] = f"ValueError: {err}"
     try:
-        fit = common.train_model(
+        fit = common.fit_record(
+            ctx,
+            name,
             x_train,
+            x_test,
             model=dict(hidden=(32,), activation="sigmoid", output=output),
             objective=Objective(loss=loss),
             train=train,
             seed=seed,
         )
-    except ValueError as err:  # fit checks the data (finite; CE targets in [0, 1]) up front
+    except ValueError as err:  # the run checks data and decoder against the loss up front
         row["status"] = f"rejected: ValueError: {err}"
         return row, None, []
     except TrainingDiverged as err:
@@ -135,7 +146,7 @@ def run(args) -> dict[str, Any]:
     for name, (kind, output, loss) in SETTINGS.items():
         xtr, xte = data[kind]
         row, x_hat, hist = run_setting(
-            xtr, xte, output=output, loss=loss, train=train, seed=args.seed
+            ctx, name, xtr, xte, output=output, loss=loss, train=train, seed=args.seed
         )
         table[name] = {"data": kind, "output": output, "loss": loss, **row}
         recon[name], curves[name] = x_hat, hist
@@ -144,14 +155,35 @@ def run(args) -> dict[str, Any]:
     sig_se = table["real: sigmoid + SE"]["test_squared_error"]
     lin_se = table["real: linear + SE"]["test_squared_error"]
     bad = table["real: linear + CE"]
-    checks = {
-        "sigmoid_SE_on_real_above_unit_interval_floor": sig_se >= real_floor,
-        "sigmoid_SE_worse_than_linear_SE_on_real": sig_se > lin_se,
-        "linear_CE_on_real_rejected_eagerly": bad["eager_check"].startswith("ValueError"),
+    checks = [
+        common.check(
+            "real_sigmoid_SE_test_error_minus_unit_interval_floor",
+            sig_se - real_floor,
+            ">=",
+            0.0,
+            why="a sigmoid output cannot leave [0, 1]",
+        ),
+        common.check(
+            "real_sigmoid_SE_over_linear_SE",
+            sig_se / lin_se,
+            ">",
+            1.0,
+            why="on real data the linear decoder wins",
+        ),
+        common.Check(
+            "linear_CE_on_real_rejected_eagerly",
+            "the eager loss raises ValueError",
+            bad["eager_check"],
+            bad["eager_check"].startswith("ValueError"),
+        ),
         # Without this check training would run the CE (unbounded below for x > 1) to -inf.
-        "linear_CE_on_real_rejected_before_training": bad["status"].startswith("rejected")
-        and "[0, 1]" in bad["status"],
-    }
+        common.Check(
+            "linear_CE_on_real_rejected_before_training",
+            "rejected before any step, naming [0, 1]",
+            bad["status"],
+            bad["status"].startswith("rejected") and "[0, 1]" in bad["status"],
+        ),
+    ]
     panels = [("binary input", data["binary"][1]), ("sigmoid+CE", recon["binary: sigmoid + CE"])]
     panels += [("real input", data["real"][1]), ("real: linear+SE", recon["real: linear + SE"])]
     panels += [("real: sigmoid+SE", recon["real: sigmoid + SE"])]

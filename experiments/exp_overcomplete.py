@@ -80,7 +80,7 @@ def run(args) -> dict[str, Any]:
         config = common.copier_record(
             objective, tied=tied, hidden=hidden, quick=args.quick, seed=args.seed
         )
-        trained = common.train(ctx, name, config, data)
+        trained = common.train_record(ctx, name, config, data)
         table[name] = measure(trained.model, x_train, x_test, seed=args.seed)
         print(f"{name:>14}: " + ", ".join(f"{k} {v:.4f}" for k, v in table[name].items()))
     common.plot_bars(

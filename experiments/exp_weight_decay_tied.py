@@ -56,7 +56,7 @@ def run(args) -> dict[str, Any]:
         config = common.copier_record(
             objective, tied=tied, hidden=hidden, quick=args.quick, seed=args.seed
         )
-        model = common.train(ctx, name, config, data).model
+        model = common.train_record(ctx, name, config, data).model
         table[name] = {
             "weight_decay": objective.weight_decay,
             "tied": tied,
