@@ -1,9 +1,10 @@
 """Runs every experiment module `experiments/exp_*.py` (found with pkgutil, so new ones join
-automatically) and prints a summary table; exits non-zero if any experiment failed.
+automatically) and prints a summary table; exits non-zero if any experiment failed: raised, or
+recorded a check (in its metrics.json) that did not pass.
 
 Command:  python -m experiments.run_all [--quick] [--out ROOT] [--only NAME ...] [--data D]
-Expected: every row "ok". Runtime: --quick about 3-5 min on 2 CPU cores; default runs
-  about 30 min (see experiments/README.md for each).
+Expected: every row "ok" (every check of every experiment passed). Runtime: --quick about
+  3-5 min on 2 CPU cores; default runs about 30 min (see experiments/README.md for each).
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def discover() -> list[str]:
 
 
 def run_one(name: str, argv: list[str]) -> tuple[bool, float, str]:
-    """Imports experiments.exp_<name> and calls its main(argv): (ok, seconds, error line)."""
+    """Imports experiments.exp_<name> and calls its main(argv): (ok, seconds, error line).
+
+    A failed check raises `common.ChecksFailed` in the experiment's `finish`: not ok.
+    """
     started = time.perf_counter()
     try:
         module = importlib.import_module(f"experiments.exp_{name}")

@@ -6,6 +6,7 @@ discovery of every experiment module.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -36,6 +37,35 @@ def test_run_all_discovers_every_experiment():
     for name in ("pca", "overcomplete", "decoder_loss", "weight_decay_tied", "contractive"):
         assert name in names
     assert "common" not in names and "run_all" not in names
+
+
+def test_a_failed_check_fails_the_experiment_and_run_all(tmp_path, monkeypatch, capsys):
+    import argparse
+    import types
+
+    def run(args):
+        s = common.setup("fake", args)
+        checks = [
+            common.check("holds", 1.0, "<", 2.0),
+            common.check("claim", 0.83, ">", 0.9, why="the claim"),
+        ]
+        return common.finish("fake", s, args, {"value": 1}, checks=checks)
+
+    fake = types.ModuleType("experiments.exp_fake")
+    fake.main = common.main_for(run, "A fake experiment.")
+    monkeypatch.setitem(sys.modules, "experiments.exp_fake", fake)
+    monkeypatch.setattr(run_all, "discover", lambda: ["fake"])
+    assert run_all.main(["--quick", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "claim = 0.83 (expected > 0.9 (the claim))" in out
+    records = json.loads((tmp_path / "fake" / "metrics.json").read_text())["checks"]
+    assert records == [
+        {"name": "holds", "expected": "< 2", "measured": 1.0, "passed": True},
+        {"name": "claim", "expected": "> 0.9 (the claim)", "measured": 0.83, "passed": False},
+    ]
+    args = argparse.Namespace(quick=True, out=str(tmp_path), data="digits", data_dir=None, seed=0)
+    with pytest.raises(ValueError, match="states no check"):
+        common.finish("fake", common.setup("fake", args), args, {}, checks=[])
 
 
 def test_pca(tmp_path):

@@ -14,7 +14,7 @@ from experiments import exp_applications, exp_classifier, exp_denoising, exp_spa
 
 def _run(module, tmp_path):
     results = module.main(["--quick", "--data", "digits", "--out", str(tmp_path)])
-    on_disk = json.loads((tmp_path / "results.json").read_text())
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert set(on_disk) == set(results)
     return results
 
