@@ -160,6 +160,23 @@ def build_model(cfg: dict[str, Any], input_shape: tuple[int, ...]):
     return ModelSpec(**cfg["model"]).build(input_shape, key=cfg["train"]["seed"])
 
 
+def train_model(
+    spec: ModelSpec,
+    objective: Objective,
+    x_train: np.ndarray,
+    *,
+    config: TrainConfig,
+    x_test: np.ndarray | None = None,
+    workdir: str | None = None,
+) -> FitResult:
+    """Builds `spec` for x_train's examples (weights from `config.seed`) and `fit`s it.
+
+    The in-memory form of a run (notebooks, scripts): no config file, no evaluation.
+    """
+    model = spec.build(x_train.shape[1:], key=config.seed)
+    return fit(model, objective, x_train, config=config, x_test=x_test, workdir=workdir)
+
+
 def objective_from(cfg: dict[str, Any]) -> Objective:
     return Objective(**cfg["objective"])
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -227,3 +228,19 @@ def test_default_workdir_is_runs_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["train", "linear", "--quick", "--config.train.num_steps=2"])
     assert os.path.exists(tmp_path / "runs" / "linear" / "metrics.json")
+
+
+def test_train_model_is_the_spec_built_from_the_seed_then_fit():
+    from aecore.objective import Objective
+    from aecore.run import train_model
+    from aecore.train import TrainConfig, fit
+
+    x = np.random.default_rng(0).uniform(size=(40, 6)).astype(np.float32)
+    config = TrainConfig(num_steps=3, batch_size=8, seed=5, progress=False)
+    spec = ModelSpec(hidden=(4,), output="identity")
+    objective = Objective(contractive=0.1)
+    got = train_model(spec, objective, x, config=config).model
+    want = fit(make_autoencoder((6,), hidden=(4,), output="identity", key=5), objective, x,
+               config=config).model  # fmt: skip
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
