@@ -238,7 +238,7 @@ def train_record(s: Setup, name: str, config: ml_collections.ConfigDict, data: D
 class Setup:
     """What every experiment's `run` starts from."""
 
-    started: float  # time.perf_counter() at the start, for results.json's wall time
+    started: float  # time.perf_counter() at the start, for metrics.json's wall time
     out: Path  # output folder (exists)
     ds: Dataset  # the --data dataset as loaded
     x_train: np.ndarray  # [N, prod(input_shape)]

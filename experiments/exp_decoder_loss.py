@@ -12,7 +12,7 @@ Same undercomplete AE (32 sigmoid codes) in five settings:
   x > 1, so training would run away to −∞. aecore rejects it: eager loss calls and
   `aecore.train.fit` (before any step) raise a ValueError naming the range [0, 1]; that message
   is this setting's result.
-Table (results.json) and figure decoder_loss.png: reconstructions and training curves.
+Table (metrics.json) and figure decoder_loss.png: reconstructions and training curves.
 
 Command:  python -m experiments.exp_decoder_loss [--quick] [--out DIR]
 Expected: matched pairings reconstruct well; sigmoid + SE on real data keeps test SE above the
