@@ -137,7 +137,7 @@ class Checkpointer:
             _MODEL: ocp.args.StandardSave(_as_dict(model)),
             _META: ocp.args.JsonSave(meta),
         }
-        if opt_state is not None:
+        if opt_state is not None and jax.tree.leaves(opt_state):  # plain SGD has no state
             items[_OPT] = ocp.args.StandardSave(_as_dict(opt_state))
         self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
@@ -183,13 +183,14 @@ class Checkpointer:
                     f"checkpoint step {step} in {self.directory} holds no optimizer state"
                 )
             _check_compatible("optimizer-state", meta["opt_state"], opt_state, self.directory)
-            items[_OPT] = ocp.args.StandardRestore(_abstract(opt_state))
+            if jax.tree.leaves(opt_state):
+                items[_OPT] = ocp.args.StandardRestore(_abstract(opt_state))
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:
             raise self._unreadable(step, _cause(e)) from e
         new_model = _fill(model, out[_MODEL])
-        new_opt = None if opt_state is None else _fill(opt_state, out[_OPT])
+        new_opt = opt_state if _OPT not in items else _fill(opt_state, out[_OPT])
         return new_model, new_opt, int(meta["step"]), meta.get("config", {})
 
     def close(self) -> None:

@@ -212,6 +212,41 @@ def fit_record(
     return train_record(s, name, config, dataset(name, x_train, x_test))
 
 
+def patch_filters(
+    s: Setup,
+    name: str,
+    objective: Objective,
+    *,
+    hidden: int,
+    train: dict[str, Any],
+    quick: bool,
+    seed: int,
+) -> tuple[Dataset, Trained, np.ndarray, np.ndarray]:
+    """Trains `hidden` sigmoid codes with a sigmoid decoder on 8×8 natural-image patches (the
+    record of exp_sparse's and exp_denoising's patch filters).
+
+    Returns:
+      (patch dataset, the trained record, first-layer filters [64, hidden], top-25 PCA
+      components [64, 25]).
+    """
+    from sklearn.decomposition import PCA
+
+    ds = load_dataset("patches", num_patches=1000 if quick else 10000, seed=seed)
+    trained = fit_record(
+        s,
+        name,
+        ds.x_train,
+        ds.x_test,
+        model=dict(hidden=(hidden,), activation="sigmoid", output="sigmoid"),
+        objective=objective,
+        train=train,
+        seed=seed,
+    )
+    kernel = np.asarray(trained.model.encoder.layers[0].kernel[...])  # [64, hidden]
+    pca = PCA(n_components=25).fit(flat(ds.x_train)).components_.T  # [64, 25]
+    return ds, trained, kernel, pca
+
+
 def train_record(s: Setup, name: str, config: ml_collections.ConfigDict, data: Dataset) -> Trained:
     """Trains `config` on `data` through `aecore.run` (prepare, train, evaluate: the path of
     `aecore train`) in s.out/runs/<name>: config.json, data.json, checkpoints, metrics.jsonl,
