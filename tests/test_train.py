@@ -131,14 +131,14 @@ def test_corrupted_checkpoint_is_an_error_not_a_reinit(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, monkeypatch):
     wd = str(tmp_path)
-    batch_at = train.batch_at
+    batch = train._ArrayBatches.__call__
 
-    def batch_at_then_signal(x, step, **kw):
+    def batch_then_signal(self, step):
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
-        return batch_at(x, step, **kw)
+        return batch(self, step)
 
-    monkeypatch.setattr(train, "batch_at", batch_at_then_signal)
+    monkeypatch.setattr(train._ArrayBatches, "__call__", batch_then_signal)
     with pytest.raises(SystemExit):
         train.fit(_model(), OBJ, _data(), config=_config(), workdir=wd)
     assert checkpoint.latest_step(os.path.join(wd, "checkpoints")) == 4
