@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from aecore import _checks, jacobian, losses, models, regularizers
 from aecore.regularizers import Term
@@ -52,8 +51,8 @@ class Objective:
     Keys: from a step's key, the probes of an estimated contractive term take
     `split(key)[1]` (only when `contractive_probes` > 0, so the exact objective's keys stay),
     the corruption and CAE+H take the two halves of `split` of the rest, the model's own RNG
-    streams (Dropout) take `fold_in(key, 0)` (encoder) and `fold_in(key, 1)` (decoder) via
-    `models.apply_batch`, and the i-th extra term `fold_in(key, 2 + i)`.
+    streams (Dropout) take `fold_in(key, 0)` via `models.apply_batch`, and the i-th extra term
+    `fold_in(key, 2 + i)`.
     """
 
     loss: str = "squared_error"
@@ -96,13 +95,16 @@ class Objective:
             _checks.check_half_open_unit("corruption_level (mask q)", self.corruption_level)
         else:
             _checks.check_nonnegative("corruption_level", self.corruption_level)
-        names = [t.name for t in self.terms()] + [t.name for t in self.extra_terms]
+        names = [t.name for t in self._builtin_terms()] + [t.name for t in self.extra_terms]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"objective term names must be unique, got {dup} more than once")
 
     def terms(self) -> list[Term]:
         """The built-in terms switched on by the fields (weight > 0), then `extra_terms`."""
+        return self._builtin_terms() + [t for t in self.extra_terms if t.weight != 0]
+
+    def _builtin_terms(self) -> list[Term]:
         built = []
         if self.weight_decay > 0:
             built.append(regularizers.weight_decay_term(self.weight_decay))
@@ -129,8 +131,6 @@ class Objective:
                     chunk_size=self.chunk_size,
                 )
             )
-        if hasattr(self, "extra_terms"):  # absent only while __post_init__ checks names
-            built.extend(t for t in self.extra_terms if t.weight != 0)
         return built
 
     def describe(self) -> dict:
@@ -145,22 +145,21 @@ def reconstruction(model, x: jax.Array, h: jax.Array, *, loss: str) -> jax.Array
 
     Decodes with the model as it is (pass `models.eval_mode(model)` for evaluation).
     """
-    per_example, _ = _reconstruction(model, x, h, loss=loss, key=None)
-    return per_example
+    out, _ = models.apply_batch(lambda m, c: _decoder_output(m, c, loss), model, h)
+    return _loss_from_output(out, x, loss)
 
 
-def _reconstruction(model, x, h, *, loss: str, key):
-    """(per-example loss [B], state updates of the decoder pass)."""
+def _decoder_output(model, h, loss: str):
+    """What the loss reads from one code: logits for cross-entropy or a linear output."""
+    if loss == "cross_entropy" or model.output == "identity":
+        return model.decode_logits(h)
+    return model.decode(h)
+
+
+def _loss_from_output(out, x, loss: str):
     if loss == "cross_entropy":
-        logits, updates = models.apply_batch(lambda m, c: m.decode_logits(c), model, h, key=key)
-        return losses.sigmoid_cross_entropy(logits, x), updates
-    decode = (
-        (lambda m, c: m.decode_logits(c))
-        if model.output == "identity"
-        else (lambda m, c: m.decode(c))
-    )
-    x_hat, updates = models.apply_batch(decode, model, h, key=key)
-    return losses.squared_error(x_hat, x), updates
+        return losses.sigmoid_cross_entropy(out, x)
+    return losses.squared_error(out, x)
 
 
 def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objective):
@@ -181,13 +180,13 @@ def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objecti
     x_tilde = regularizers.corrupt(
         k_corrupt, x, kind=objective.corruption, level=objective.corruption_level
     )
-    h, enc_updates = models.apply_batch(  # [B, d_z]
-        lambda m, xi: m.encode(xi), model, x_tilde, key=jax.random.fold_in(key, 0)
-    )
-    rec, dec_updates = _reconstruction(
-        model, x, h, loss=objective.loss, key=jax.random.fold_in(key, 1)
-    )
-    terms = {"reconstruction": jnp.mean(rec)}
+
+    def forward(m, xi):  # one pass, so state written by encoder and decoder is kept together
+        h = m.encode(xi)
+        return h, _decoder_output(m, h, objective.loss)
+
+    (h, out), updates = models.apply_batch(forward, model, x_tilde, key=jax.random.fold_in(key, 0))
+    terms = {"reconstruction": jnp.mean(_loss_from_output(out, x, objective.loss))}
     deterministic = models.eval_mode(model)
     extra = {id(t): i for i, t in enumerate(objective.extra_terms)}
     for term in objective.terms():
@@ -196,7 +195,6 @@ def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objecti
         else:
             k = {"contractive": k_probe, "higher_order": k_ho}.get(term.name, k_ho)
         terms[term.name] = term(deterministic, x, x_tilde, h, k)
-    updates = nnx.merge_state(enc_updates, dec_updates)
     return sum(terms.values()), terms, updates
 
 
