@@ -188,8 +188,8 @@ class Term:
 
     def __call__(self, model, x, x_tilde, h, key) -> jax.Array:
         """weight * (batch mean of the per-example values, or the scalar), a scalar."""
-        values = self.fn(model, x, x_tilde, h, key)
-        shape = getattr(values, "shape", None)
+        values = jnp.asarray(self.fn(model, x, x_tilde, h, key))
+        shape = values.shape
         if shape == (x.shape[0],):
             values = jnp.mean(values)
         elif shape != ():

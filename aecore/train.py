@@ -185,12 +185,19 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def batch_at(x: np.ndarray, step: int, *, batch_size: int, seed: int) -> np.ndarray:
-    """The batch of global step `step` (drop-remainder epochs), a pure function of its inputs."""
+def batch_at(
+    x: np.ndarray, step: int, *, batch_size: int, seed: int, order: np.ndarray | None = None
+) -> np.ndarray:
+    """The batch of global step `step` (drop-remainder epochs), a pure function of its inputs.
+
+    `order` is the step's epoch order when the caller already holds it (`fit` builds it once
+    per epoch); it must equal `epoch_order(seed, epoch, len(x))`.
+    """
     per_epoch = x.shape[0] // batch_size
     epoch, i = divmod(step, per_epoch)
-    idx = epoch_order(seed, epoch, x.shape[0])[i * batch_size : (i + 1) * batch_size]
-    return x[idx]
+    if order is None:
+        order = epoch_order(seed, epoch, x.shape[0])
+    return x[order[i * batch_size : (i + 1) * batch_size]]
 
 
 def _nonfinite_terms(metrics: dict) -> list[str]:
@@ -278,12 +285,10 @@ class _ArrayBatches:
         self._epoch, self._order = None, None
 
     def __call__(self, step: int) -> np.ndarray:
-        epoch, i = divmod(step, self.per_epoch)
+        epoch = step // self.per_epoch
         if epoch != self._epoch:
             self._epoch, self._order = epoch, epoch_order(self.seed, epoch, self.x.shape[0])
-        if self.batch_size == self.x.shape[0] and self.per_epoch == 1:
-            return self.x[self._order]
-        return self.x[self._order[i * self.batch_size : (i + 1) * self.batch_size]]
+        return batch_at(self.x, step, batch_size=self.batch_size, seed=self.seed, order=self._order)
 
 
 def _is_array(data) -> bool:

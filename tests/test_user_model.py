@@ -321,3 +321,17 @@ def test_user_term_enters_total_with_its_weight(x64=None):
     jac = jax.vmap(jax.jacfwd(e.encoder.hidden))(x)  # independent: forward mode, [8, 12, D]
     expect = 0.01 * float(jnp.mean(jnp.sum(jac**2, axis=(1, 2))))
     assert float(terms["cae_hidden"]) == pytest.approx(expect, rel=1e-5)
+
+
+def test_import_aecore_exposes_submodules_without_matplotlib():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, aecore; "
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'; "
+        "print(aecore.train.fit, aecore.evaluate.encode, aecore.data.load_dataset, "
+        "aecore.checkpoint.Checkpointer, aecore.fit, aecore.Term)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
