@@ -206,7 +206,7 @@ def test_evaluate_and_encode_report_bad_input_in_one_line(trained, capsys):
     before = _snapshot(wd)
     out = str(root / "codes.npy")
     commands = [
-        (["evaluate", str(root / "nowhere")], "holds neither a checkpoint nor config.json"),
+        (["evaluate", str(root / "nowhere")], "holds no config.json; train a model there first"),
         (["encode", wd, "--data", f"{root}/flat.npy", "--out", out], "takes (8, 8, 1)"),
         (["encode", wd, "--data", f"{root}/nan.npy", "--out", out], "non-finite"),
     ]
