@@ -34,10 +34,11 @@ def parser(description: str, *, default_data: str = "digits") -> argparse.Argume
     p.add_argument("--out", default=None, help="output folder (default: runs/experiments/NAME)")
     p.add_argument(
         "--data",
-        default=default_data,
-        help="dataset: 'digits' (offline default), 'mnist10k' (../shared/data/mnist_10k.npz), "
-        "a TFDS name (mnist, fashion_mnist, cifar10_bw; needs --data-dir with prepared data) "
-        "or a .npy/.npz/.csv path",
+        default=None,
+        help=f"dataset (default: {default_data!r}; with --quick always 'digits', the setting "
+        "the quick checks are stated for): 'digits' (offline), 'mnist10k' "
+        "(../shared/data/mnist_10k.npz), a TFDS name (mnist, fashion_mnist, cifar10_bw; needs "
+        "--data-dir with prepared data) or a .npy/.npz/.csv path",
     )
     p.add_argument("--data-dir", default=None, help="TFDS data_dir for TFDS datasets")
     p.add_argument("--seed", type=int, default=0)
@@ -371,7 +372,10 @@ def main_for(
     description = first_paragraph(doc)
 
     def main(argv: list[str] | None = None) -> dict[str, Any]:
-        return run(parser(description, default_data=default_data).parse_args(argv))
+        args = parser(description, default_data=default_data).parse_args(argv)
+        if args.data is None:  # quick runs are sized, and their checks stated, for digits
+            args.data = "digits" if args.quick else default_data
+        return run(args)
 
     return main
 
