@@ -290,7 +290,10 @@ def cli() -> int:
     The console-script wrapper calls `sys.exit(cli())`; `main` returns the command's result
     (a metrics dict, an array), which `sys.exit` would print and turn into status 1.
     """
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # e.g. `aecore config NAME | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs say
     return 0
 
 
