@@ -110,6 +110,17 @@ def test_gabor_summary_counts_fractions():
     assert s["gabor_fraction"] == 0.75
     assert s["r2_threshold"] == 0.5
     assert 0 <= s["surrogate_gabor_fraction"] <= 1
+    # The three Gabors beat their own surrogates' 95th percentile; the noise column cannot.
+    assert s["gabor_fraction_vs_surrogate"] == 0.75
+    assert s["localized_gabor_fraction"] == 0.75  # envelopes of 1.2-2.5 px <= 12 / 4
+
+
+def test_a_plane_wave_fits_a_gabor_but_is_not_a_localized_detector():
+    rows, cols = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    wave = np.cos(2 * np.pi * (0.15 * cols + 0.1 * rows)).reshape(144, 1)
+    s = filters.gabor_summary(wave, SHAPE, threshold=0.3)
+    assert s["gabor_fraction"] == 1.0 and s["median_r2"] > 0.95
+    assert s["localized_gabor_fraction"] == 0.0 and s["median_envelope_px"] > 3
 
 
 def test_filter_stats_closed_forms():
