@@ -296,11 +296,7 @@ def summarize(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, list[float
 
 def _plot_claim(path, kernels, summary, n: int) -> None:
     """The claim to the eye: the first n filters of DAE, AE+wd and PCA side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     cols = int(np.ceil(np.sqrt(n)))
     titles = {"dae": f"DAE σ={SIGMA}", "ae_wd": "AE + weight decay", "pca": "PCA"}
     fig = plt.figure(figsize=(12, 4.6))
@@ -318,16 +314,11 @@ def _plot_claim(path, kernels, summary, n: int) -> None:
             if i == cols // 2:
                 g, se = summary[name]["localized_gabor_fraction"]
                 ax.set_title(f"{titles[name]}\nlocalized Gabors {g:.0%} ± {se:.0%}", fontsize=10)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=90, tight=False, bbox_inches="tight")
 
 
 def _plot_curves(path, curves: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for label, c in curves.items():
         (line,) = axes[1].plot(c["step"], c["heldout_loss"], marker="o", ms=3, label=label)
@@ -337,9 +328,7 @@ def _plot_curves(path, curves: dict[str, dict]) -> None:
     axes[1].set(xlabel="step", ylabel="held-out denoising loss (fixed noise)", yscale="log")
     axes[1].set_title("the objective on 10k held-out patches", fontsize=9)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
