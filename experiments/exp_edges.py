@@ -114,15 +114,24 @@ def train_tied(
     return r.model, out
 
 
+@jax.jit
+def _denoising_loss(model, x_tilde: jax.Array, x: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.sum((jax.vmap(model)(x_tilde) - x) ** 2, axis=1))
+
+
 def denoising_loss(model, x: np.ndarray, *, sigma: float, seed: int) -> float:
     """Mean Σ_j (x̂_j(x̃) − x_j)² over x [N, D] with x̃ = x + σ ε (fixed noise)."""
     x_tilde = x + sigma * np.random.default_rng(seed).standard_normal(x.shape)
-    x_hat = jax.vmap(model)(jnp.asarray(x_tilde, jnp.float32))
-    return float(jnp.mean(jnp.sum((x_hat - x) ** 2, axis=1)))
+    return float(_denoising_loss(model, jnp.asarray(x_tilde, jnp.float32), jnp.asarray(x)))
+
+
+@jax.jit
+def _codes(model, x: jax.Array) -> jax.Array:
+    return jax.vmap(model.encode)(x)
 
 
 def code_stats(model, x: np.ndarray) -> dict[str, float]:
-    h = np.asarray(jax.vmap(model.encode)(jnp.asarray(x)))
+    h = np.asarray(_codes(model, jnp.asarray(x)))
     return {"mean_activation": float(h.mean()), "fraction_below_0.05": float(np.mean(h < 0.05))}
 
 
@@ -168,6 +177,7 @@ def diagnose(
     seed: int,
     rows=DIAGNOSIS,
     scored: int = 50,
+    points: int = 10,
 ) -> list[dict]:
     """Trains the DAE under each setting of `rows` (label, data kwargs, pixel std, lr)."""
     out = []
@@ -177,7 +187,7 @@ def diagnose(
         x_train, x_test = x_train * (std / PIXEL_STD), x_test * (std / PIXEL_STD)
         t0 = time.perf_counter()
         model, learning = train_tied(
-            x_train, x_test, objective=obj, steps=steps, learning_rate=lr, seed=seed
+            x_train, x_test, objective=obj, steps=steps, learning_rate=lr, seed=seed, points=points
         )
         g = filters.gabor_summary(kernel_of(model)[:, :scored], (PATCH, PATCH), threshold=threshold)
         out.append(
@@ -345,7 +355,7 @@ def run(args) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     threshold = filters.white_noise_r2_threshold(
-        (PATCH, PATCH), num_filters=8 if quick else 200, seed=args.seed
+        (PATCH, PATCH), num_filters=6 if quick else 200, seed=args.seed
     )
     threshold_s = time.perf_counter() - t0
 
@@ -356,7 +366,7 @@ def run(args) -> dict[str, Any]:
         steps=steps,
         threshold=threshold,
         points=points,
-        scored=6 if quick else SCORED,
+        scored=4 if quick else SCORED,
         weight_decays=WEIGHT_DECAYS[1:2] if quick else WEIGHT_DECAYS,
     )
     compare_s = time.perf_counter() - t0
@@ -371,7 +381,8 @@ def run(args) -> dict[str, Any]:
         threshold=threshold,
         seed=args.seed,
         rows=rows,
-        scored=6 if quick else 50,
+        scored=4 if quick else 50,
+        points=points,
     )
     diagnosis_s = time.perf_counter() - t0
     _plot_curves(out / "learning_curves.png", {d["label"]: d["curve"] for d in diagnosis})
