@@ -213,8 +213,9 @@ def diagnose(
 
 # Units are exchangeable, so the first SCORED filters are a random sample of a model's filters.
 SCORED = 100
+VERDICT_METRIC = "localized_gabor_fraction"
 METRICS = (
-    "localized_gabor_fraction",
+    VERDICT_METRIC,
     "gabor_fraction",
     "gabor_fraction_vs_surrogate",
     "edge_like_fraction",
@@ -236,8 +237,9 @@ def compare(
     data = {s: patches(num_patches=num_patches, seed=s) for s in seeds}
     x_train, x_test, ds = data[seeds[0]]
 
-    # λ for AE+wd: the grid value whose filters look MOST like edges on the first seed, the
-    # choice most favourable to the baseline (a DAE win then cannot come from a bad λ).
+    # λ for AE+wd: the grid value whose filters look MOST like edges on the first seed by the
+    # verdict's measure, the choice most favourable to the baseline (a DAE win then cannot
+    # come from a bad λ).
     grid = {}
     for wd in weight_decays if len(weight_decays) > 1 else ():  # one value: nothing to pick
         obj = Objective(loss="squared_error", weight_decay=wd)
@@ -246,9 +248,7 @@ def compare(
             points=1,
         )  # fmt: skip
         grid[str(wd)] = score(kernel_of(model)[:, :scored], threshold, seed=seeds[0])
-    best_wd = max(
-        weight_decays, key=lambda wd: grid[str(wd)]["gabor_fraction_vs_surrogate"] if grid else 0
-    )
+    best_wd = max(weight_decays, key=lambda wd: grid[str(wd)][VERDICT_METRIC] if grid else 0)
     ae_obj = Objective(loss="squared_error", weight_decay=best_wd)
 
     per_seed: dict[str, list[dict]] = {"dae": [], "ae_wd": [], "pca": []}
@@ -387,7 +387,7 @@ def run(args) -> dict[str, Any]:
     diagnosis_s = time.perf_counter() - t0
     _plot_curves(out / "learning_curves.png", {d["label"]: d["curve"] for d in diagnosis})
 
-    main_verdict = comparison["verdicts"]["localized_gabor_fraction"]
+    main_verdict = comparison["verdicts"][VERDICT_METRIC]
     checks = {
         f"localized_gabor_fraction {pair} confirmed": v["pairs"][0]["status"] == "confirmed"
         for pair, v in main_verdict.items()
