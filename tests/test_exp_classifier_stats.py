@@ -43,3 +43,14 @@ def test_bad_seed_count_is_named():
     args = argparse.Namespace(quick=True, out=None, data="digits", data_dir=None, seed=0, seeds=0)
     with pytest.raises(ValueError, match="--seeds must be an integer >= 1, got 0"):
         exp_classifier.run(args)
+
+
+def test_runs_on_tfds_mnist_under_mock_data(tmp_path):
+    """The same experiment on full MNIST when the user has it (`--data mnist`), here mocked."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    argv = ["--quick", "--data", "mnist", "--data-dir", str(tmp_path / "tfds")]
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=100):
+        r = exp_classifier.main([*argv, "--out", str(tmp_path / "out")])
+    assert r["data"].startswith("TFDS mnist")
+    assert set(r["errors"]) == set(exp_classifier.FEATURE_SETS)
+    assert all(0 <= row["finetuned_error"] <= 1 for row in r["errors"].values())
