@@ -1,5 +1,6 @@
 """Figures of autoencoder experiments (reconstructions, filters, losses, spectra, contraction
-curves, vector fields, codes), each saved as a PNG; matplotlib is imported only when plotting.
+curves, vector fields, codes, reconstruction scatters, 3-D points), each saved as a PNG;
+matplotlib is imported only when plotting.
 """
 
 from __future__ import annotations
@@ -307,4 +308,80 @@ def save_codes_2d(path, codes, labels=None) -> str:
         fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel("h₁")
     ax.set_ylabel("h₂")
+    return _save(fig, path)
+
+
+def save_reconstruction_scatter(path, x, x_hat, *, max_points: int = 20000) -> str:
+    """Every reconstructed value against its input value, with the identity line.
+
+    The figure for feature vectors (which have no image to show): a perfect reconstruction lies
+    on the diagonal; the title gives R² = 1 − Σ(x̂ − x)² / Σ(x − mean x)² over all values.
+
+    Args:
+      path: PNG file to write.
+      x: inputs [N, ...] (any example shape; flattened).
+      x_hat: reconstructions, same shape as x.
+      max_points: at most this many (evenly spaced) values are drawn; R² uses all.
+
+    Returns:
+      path.
+    """
+    x, x_hat = np.asarray(x, dtype=np.float64), np.asarray(x_hat, dtype=np.float64)
+    if x.shape != x_hat.shape or x.size == 0:
+        raise ValueError(
+            f"x and x_hat must have one non-empty shape, got {x.shape} and {x_hat.shape}"
+        )
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    a, b = x.reshape(-1), x_hat.reshape(-1)
+    total = float(np.sum((a - a.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((b - a) ** 2)) / total if total > 0 else float("nan")
+    idx = np.linspace(0, a.size - 1, min(a.size, max_points)).astype(np.int64)
+    lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(a[idx], b[idx], s=2, alpha=0.3)
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1, ls="--", label="x̂ = x")
+    ax.set_xlabel("input value x")
+    ax.set_ylabel("reconstruction x̂")
+    ax.set_title(f"{x.shape[0]} examples, R² = {r2:.3f}", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def save_points_3d(path, points, *, reconstructions=None, labels=None, axis: str = "x") -> str:
+    """A 3-D scatter: a 3-D manifold's points (with their reconstructions), or 3-unit codes.
+
+    Args:
+      path: PNG file to write.
+      points: [N, 3], e.g. test points of the swiss roll, or codes of a 3-unit encoder.
+      reconstructions: optional [N, 3] reconstructions of `points`, drawn over them.
+      labels: optional [N] integer labels colouring `points`.
+      axis: the axis-name prefix ("x" for inputs: x₁, x₂, x₃; "h" for codes).
+
+    Returns:
+      path.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or points.shape[0] == 0:
+        raise ValueError(f"points must be [N, 3] with N >= 1, got shape {points.shape}")
+    if reconstructions is not None:
+        reconstructions = np.asarray(reconstructions, dtype=np.float64)
+        if reconstructions.shape != points.shape:
+            raise ValueError(
+                f"reconstructions must have the shape of points {points.shape}, "
+                f"got {reconstructions.shape}"
+            )
+    if labels is not None and np.shape(labels) != (points.shape[0],):
+        raise ValueError(f"labels must be [N] = [{points.shape[0]}], got shape {np.shape(labels)}")
+    plt = _pyplot()
+    fig = plt.figure(figsize=(6, 5))
+    ax = fig.add_subplot(projection="3d")
+    colour = {"color": "0.5"} if labels is None else {"c": labels, "cmap": "tab10"}
+    ax.scatter(*points.T, s=4, alpha=0.5, label=axis, **colour)
+    if reconstructions is not None:
+        ax.scatter(*reconstructions.T, s=4, color="C1", label=f"{axis}̂ (reconstruction)")
+        ax.legend(fontsize=8)
+    for i, set_label in enumerate((ax.set_xlabel, ax.set_ylabel, ax.set_zlabel)):
+        set_label(f"{axis}{'₁₂₃'[i]}")
     return _save(fig, path)

@@ -1,8 +1,9 @@
 """The `aecore` command: train an experiment config, evaluate a run, encode data with a run.
 
 aecore train CONFIG [--quick] [--data PATH_OR_NAME] [--workdir DIR] [--config.KEY=VALUE ...]
+             [--resume-as-is | --overwrite]
 aecore evaluate WORKDIR
-aecore encode WORKDIR --data PATH_OR_NAME --out codes.npy
+aecore encode WORKDIR --data PATH_OR_NAME --out codes.npy [--allow-out-of-range]
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import ml_collections
 import numpy as np
 
 from experiments import configs
+
+# `aecore encode` refuses inputs beyond the training data's [min, max] by more than this
+# fraction of its span (the codes of such inputs are extrapolations, often saturated).
+RANGE_MARGIN = 0.1
 
 
 class UserError(ValueError):
@@ -128,10 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train an experiment config (resumes a run found in the workdir)",
-        description="Train experiment CONFIG, evaluate it and write metrics.json and figures. "
-        "Re-running with the same workdir resumes from the latest checkpoint. Override any "
-        "config field with --config.SECTION.KEY=VALUE, e.g. --config.train.num_steps=100 "
-        "--config.objective.contractive=0.5 --config.model.hidden=128.",
+        description="Train experiment CONFIG, evaluate it and write metrics.json, then the "
+        "figures that fit the data. Re-running with the same workdir and the same config "
+        "resumes from the latest checkpoint; a workdir holding a run with another config (or "
+        "other data) is refused, listing the differing keys, unless --resume-as-is or "
+        "--overwrite is given. Override any config field with --config.SECTION.KEY=VALUE, "
+        "e.g. --config.train.num_steps=100 --config.objective.contractive=0.5 "
+        "--config.model.hidden=128 (--config.train.batch_size=none: the full batch).",
         epilog=f"configs: {', '.join(configs.CONFIGS)}",
     )
     t.add_argument("config", metavar="CONFIG", help=f"one of: {', '.join(configs.CONFIGS)}")
@@ -143,11 +151,26 @@ def _parser() -> argparse.ArgumentParser:
         "overrides config.data.name",
     )
     t.add_argument("--workdir", default=None, help="output directory (default: runs/CONFIG)")
+    existing = t.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--resume-as-is",
+        action="store_true",
+        help="the workdir holds a run with another config: continue that run with its own "
+        "stored config (CONFIG, --data and --config.* are then ignored, with a warning)",
+    )
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the workdir holds a run: delete it (its checkpoints, logs, metrics and figures; "
+        "other files stay) and train CONFIG from scratch",
+    )
     e = sub.add_parser(
         "evaluate",
-        help="re-evaluate a trained run and rewrite its metrics.json",
+        help="re-evaluate a trained run and update its metrics.json",
         description="Reload the latest checkpoint and config of WORKDIR, evaluate the model on "
-        "the config's test split, print the metrics and rewrite WORKDIR/metrics.json.",
+        "the config's test split, print the metrics and update WORKDIR/metrics.json (keys it "
+        "does not recompute, e.g. final_eval_reconstruction and wall_time_s, are kept), then "
+        "redraw the figures.",
     )
     e.add_argument("workdir", metavar="WORKDIR")
     c = sub.add_parser(
@@ -156,12 +179,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Encode every example of --data with the model of WORKDIR and save the "
         "codes [N, d_z] as a .npy file. A .npy file is encoded in its own order; a dataset "
         "name or other file is encoded as its train split followed by its test split. Inputs "
-        "are normalized with the training statistics of the run.",
+        "are normalized with the training statistics of the run. Inputs beyond the training "
+        f"data's [min, max] by more than {int(100 * RANGE_MARGIN)}%% of its span are refused "
+        "(their codes are extrapolations, often saturated) unless --allow-out-of-range.",
     )
     c.add_argument("workdir", metavar="WORKDIR")
     c.add_argument("--data", required=True, help="a .npy file, another data file, or a name")
     c.add_argument("--out", required=True, help="output .npy file for the codes")
     c.add_argument("--batch-size", type=int, default=512)
+    c.add_argument(
+        "--allow-out-of-range",
+        action="store_true",
+        help="encode inputs outside the training data's range anyway (with a warning)",
+    )
     return p
 
 
@@ -182,7 +212,9 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
         apply_overrides(config, overrides)
         if args.data is not None:
             config.data.name = args.data
-        run = tr.prepare(config, workdir)  # validates everything; writes nothing
+        existing = "resume_as_is" if args.resume_as_is else "refuse"
+        existing = "overwrite" if args.overwrite else existing
+        run = tr.prepare(config, workdir, existing=existing)  # validates all; writes nothing
     except tr.USER_ERRORS as e:
         raise UserError(_one_line(e)) from e
     metrics = tr.run_prepared(run)
@@ -199,17 +231,40 @@ def _evaluate(args) -> dict[str, Any]:
     cfg = tr.read_config(args.workdir)
     ds, _ = tr.load_data(cfg["data"])
     model, step = tr.restore_model(args.workdir, cfg, ds.input_shape)
-    history = None
-    path = os.path.join(args.workdir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            history = [json.loads(line) for line in f if line.strip()]
-    metrics = tr.evaluate_and_plot(model, ds, cfg, args.workdir, history=history)
-    metrics["steps"] = step
-    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
-    tr.write_json(os.path.join(args.workdir, tr.METRICS_FILE), metrics)
+    kept = tr.read_json(os.path.join(args.workdir, tr.METRICS_FILE)) or {}
+    kept["steps"] = step
+    kept["evaluate_wall_time_s"] = round(time.perf_counter() - started, 2)
+    history = tr.read_history(args.workdir)
+    metrics = tr.finish_run(model, ds, cfg, args.workdir, history=history, metrics=kept)
     _print_metrics(metrics, args.workdir)
     return metrics
+
+
+def _check_range(args, x: np.ndarray, record: dict[str, Any]) -> None:
+    """Refuses (or with --allow-out-of-range, warns about) inputs far outside the training range.
+
+    `record` is the run's data.json (written at train time; for older runs, the training data
+    as loaded now): its "train_min"/"train_max" are in raw units, like `x`.
+    """
+    from experiments import train as tr
+
+    lo, hi = float(record["train_min"]), float(record["train_max"])
+    tol = RANGE_MARGIN * ((hi - lo) or max(abs(lo), abs(hi), 1.0))
+    x_lo, x_hi = float(x.min()), float(x.max())
+    if x_lo >= lo - tol and x_hi <= hi + tol:
+        return
+    outside = float(np.mean((x < lo - tol) | (x > hi + tol)))
+    message = (
+        f"{args.data} holds values in [{x_lo:g}, {x_hi:g}], outside the range [{lo:g}, {hi:g}] "
+        f"of the data the model of {args.workdir} was trained on by more than "
+        f"{int(100 * RANGE_MARGIN)}% of its span ({100 * outside:.3g}% of the values); their "
+        "codes are extrapolations (often saturated)"
+    )
+    if not args.allow_out_of_range:
+        raise ValueError(
+            f"{message}: scale the data like the training data, or pass --allow-out-of-range"
+        )
+    tr.warn(f"{message}; encoding anyway (--allow-out-of-range)")
 
 
 def _encode(args) -> np.ndarray:
@@ -235,6 +290,7 @@ def _encode(args) -> np.ndarray:
             f"takes {ds.input_shape}"
         )
     x = x.reshape(x.shape[0], *ds.input_shape)
+    _check_range(args, x, tr.read_json(os.path.join(args.workdir, tr.DATA_FILE)) or stats["record"])
     x = ((x - stats["shift"]) / stats["scale"]).astype(np.float32)
     model, _ = tr.restore_model(args.workdir, cfg, ds.input_shape)
     codes = evaluate.encode(model, x, batch_size=args.batch_size)

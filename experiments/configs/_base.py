@@ -75,7 +75,8 @@ def shrink(c: ml_collections.ConfigDict) -> None:
     """The quick variant: a few steps on a few hundred examples (seconds; used by the tests)."""
     c.data.max_examples = 200
     c.train.num_steps = 20
-    c.train.batch_size = 32
+    if c.train.batch_size is not None:  # a full-batch config stays full batch
+        c.train.batch_size = 32
     c.train.log_every = 5
     c.train.eval_every = 10
     c.train.checkpoint_every = 10
