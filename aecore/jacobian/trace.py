@@ -20,8 +20,8 @@ import numpy as np
 ELEMENTWISE = frozenset(
     """abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp
     convert_element_type copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1
-    floor ge gt integer_pow is_finite le lgamma log log1p logistic lt max min mul ne neg not or pow reduce_precision rem
-    round rsqrt select_n sign sin sinh sqrt square sub tan tanh xor""".split()
+    floor ge gt integer_pow is_finite le lgamma log log1p logistic lt max min mul ne neg not or pow
+    reduce_precision rem round rsqrt select_n sign sin sinh sqrt square sub tan tanh xor""".split()
 )
 # Calls whose body is another jaxpr: inlined (jit) or checked to be elementwise (custom rules).
 INLINED = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint"})
