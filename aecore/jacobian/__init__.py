@@ -28,6 +28,7 @@ __all__ = [
     "frobenius_sq",
     "frobenius_sq_diff",
     "frobenius_sq_estimate",
+    "frobenius_sq_route",
     "gram",
     "jacobian",
     "structured_product",
@@ -188,12 +189,34 @@ def _autodiff_penalty(fn: Callable, route: str, xs: tuple, chunk_size: int | Non
     return jax.lax.map(lambda a: per_example(*a), xs, batch_size=chunk_size)
 
 
-def _penalty(fn, xs, mode, chunk_size, fn_name, route=None):
+def _penalty(fn, xs, mode, chunk_size):
     engine = _Engine(fn, xs[0])
-    route = route or engine.route_for(mode, _describe_fn(fn))
+    route = engine.route_for(mode, _describe_fn(fn))
     if route in ("jacfwd", "jacrev"):
         return _autodiff_penalty(fn, route, xs, chunk_size)
     return _chain_penalty(engine, route, xs, chunk_size)
+
+
+ROUTES = ("closed_form", "structured/gram", "structured/direct", "jacrev", "jacfwd")
+
+
+def frobenius_sq_route(
+    fn: Callable, x: jax.Array, route: str, *, chunk_size: int | None = None
+) -> jax.Array:
+    """`frobenius_sq` by one named route of `explain` (e.g. "structured/gram"), for tests and
+    benchmarks; raises a one-line ValueError if the route does not apply to `fn`."""
+    _checks.check_choice("route", route, ROUTES)
+    _check_batch("frobenius_sq_route", x)
+    engine = _Engine(fn, x)
+    if route not in engine.costs:
+        raise ValueError(
+            f"route {route!r} does not apply to {_describe_fn(fn)} "
+            f"(structure: {engine.chain.describe() if engine.chain else engine.reason}); "
+            f"it has {sorted(engine.costs)}"
+        )
+    if route in ("jacfwd", "jacrev"):
+        return _autodiff_penalty(fn, route, (x,), chunk_size)
+    return _chain_penalty(engine, route, (x,), chunk_size)
 
 
 def choose_mode(fn: Callable, x: jax.Array) -> str:
@@ -241,7 +264,7 @@ def frobenius_sq(
     """
     _checks.check_choice("mode", mode, MODES)
     _check_batch("frobenius_sq", x)
-    return _penalty(fn, (x,), mode, chunk_size, "frobenius_sq")
+    return _penalty(fn, (x,), mode, chunk_size)
 
 
 def frobenius_sq_diff(
@@ -262,7 +285,7 @@ def frobenius_sq_diff(
     _check_batch("frobenius_sq_diff", x)
     if x.shape != x_other.shape:
         raise ValueError(f"x and x_other must have one shape, got {x.shape} and {x_other.shape}")
-    return _penalty(fn, (x, x_other), mode, chunk_size, "frobenius_sq_diff")
+    return _penalty(fn, (x, x_other), mode, chunk_size)
 
 
 def jacobian(fn: Callable, x: jax.Array, *, mode: str = "auto") -> jax.Array:

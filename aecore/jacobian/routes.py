@@ -99,7 +99,7 @@ def route_costs(chain: Chain | None, batch: int, d: int, k: int, forward: int) -
     rn_cost = trace.linear_macs(first)
     if not trace.row_norms_propagate(first):
         rn_cost += _matrix_cost(first) + _size(first.in_shape) * _size(first.out_shape)
-    if len(segs) <= 1 and lin[-1].isometric:
+    if not segs or (len(segs) == 1 and lin[-1].isometric):
         costs["closed_form"] = batch * forward + rn_cost
         return costs
     n_l = len(segs)

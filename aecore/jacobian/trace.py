@@ -136,8 +136,13 @@ def _flatten(closed, x_aval) -> Program:
 
 
 def _is_elementwise_jaxpr(jaxpr, shape) -> bool:
-    """A custom-rule body that computes entry by entry on arrays of `shape`."""
+    """A call body that computes entry by entry on arrays of `shape`: every equation that
+    depends on the inputs is elementwise on that shape (constants may be built any way)."""
+    dep = set(jaxpr.invars)
     for eqn in jaxpr.eqns:
+        if not any(not isinstance(v, jex.core.Literal) and v in dep for v in eqn.invars):
+            continue
+        dep.update(eqn.outvars)
         name = eqn.primitive.name
         if name in INLINED | CUSTOM:
             inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
