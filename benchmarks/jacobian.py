@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from flax import nnx
 
 from aecore import jacobian, make_autoencoder
@@ -534,8 +533,7 @@ def format_table(records: Sequence[dict]) -> str:
             f"{f(r.get('gflops_achieved'), '8.1f')} {f(mb / 1e6 if mb else None, '8.1f')} "
             f"{f(r.get('compile_s'), '9.2f')} {f(r.get('penalty'), '11.5g')} "
             f"{f(r['macs'] / 1e9 if r.get('macs') else None, '8.3f')} "
-            f"{f(r.get('ratio_to_own'), '6.2f')}"
-            + (f"  [{r['note']}]" if r.get("note") else "")
+            f"{f(r.get('ratio_to_own'), '6.2f')}" + (f"  [{r['note']}]" if r.get("note") else "")
         )
     return "\n".join(lines)
 
@@ -570,9 +568,7 @@ def run_suite(
         )
         own = getattr(spec, "own", None)
         for r in model_records:
-            ref = next(
-                (o for o in records if o["model"] == own and o["route"] == r["route"]), None
-            )
+            ref = next((o for o in records if o["model"] == own and o["route"] == r["route"]), None)
             r["ratio_to_own"] = r["ms_per_step"] / ref["ms_per_step"] if ref else None
             r["own_model"] = own if ref else None
         log(format_table(model_records))  # partial results survive an interrupted run
