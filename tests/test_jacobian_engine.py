@@ -9,6 +9,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -108,7 +110,7 @@ def _build(chain, x0):
     return fn, params
 
 
-PROPS = settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+PROPS = settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @PROPS
@@ -154,3 +156,118 @@ def test_random_chain_breakers_fall_back_and_stay_exact(x64, chain, breaker, tai
     report = jacobian.explain(functools.partial(fn, params), x)
     assert report.fallback is not None and report.choice in ("jacrev", "jacfwd"), report
     _assert_exact(lambda p: functools.partial(fn, p), params, x)
+
+
+# --- encoders a user writes: nnx layers, plain jnp, linen, under jit / vmap / chunking ----------
+
+
+class _TwoLinear(nnx.Module):
+    def __init__(self, dtype):
+        rngs = nnx.Rngs(0)
+        self.a = nnx.Linear(12, 7, rngs=rngs, param_dtype=dtype)
+        self.b = nnx.Linear(7, 3, rngs=rngs, param_dtype=dtype)
+
+    def __call__(self, x):
+        return jax.nn.gelu(self.b(jax.nn.silu(self.a(x.reshape(-1)))))
+
+
+class _ConvNet(nnx.Module):
+    def __init__(self, dtype):
+        self.conv = nnx.Conv(1, 3, (3, 3), strides=2, rngs=nnx.Rngs(0), param_dtype=dtype)
+
+    def __call__(self, x):
+        return jax.nn.relu(self.conv(x)).reshape(-1)
+
+
+def _user_encoders(dtype):
+    w = jax.random.normal(jax.random.key(0), (12, 5), dtype) / 3
+    plain = lambda v: jnp.tanh(v.reshape(-1) @ w)  # noqa: E731 - closes over an array
+    shared = jax.random.normal(jax.random.key(1), (12, 12), dtype) / 4
+    tied = lambda v: jnp.tanh(shared @ jnp.tanh(shared @ v.reshape(-1)))  # noqa: E731
+    return {
+        "nnx-two-linear": (
+            _TwoLinear(dtype),
+            (12,),
+            "dense 12→7 · silu · dense 7→3 · integer_pow+mul+add+tanh",
+        ),
+        "nnx-conv": (_ConvNet(dtype), (8, 8, 1), "conv 8x8→4x4x3 · relu"),
+        "plain-jnp": (plain, (12,), "dense 12→5 · tanh"),
+        "weight-shared": (tied, (12,), "dense 12→12 · tanh · dense 12→12 · tanh"),
+    }
+
+
+@pytest.mark.parametrize("name", ["nnx-two-linear", "nnx-conv", "plain-jnp", "weight-shared"])
+def test_user_encoders_take_the_structured_routes_and_agree_with_finite_differences(x64, name):
+    from test_jacobian import fd_jacobian_sq
+
+    fn, shape, structure = _user_encoders(jnp.float64)[name]
+    x = jax.random.normal(jax.random.key(2), (3, *shape), jnp.float64)
+    report = jacobian.explain(fn, x)
+    assert report.structure == structure and report.fallback is None
+    assert report.choice not in ("jacrev", "jacfwd"), str(report)
+    np.testing.assert_allclose(jacobian.frobenius_sq(fn, x), fd_jacobian_sq(fn, x), rtol=1e-6)
+    np.testing.assert_allclose(jacobian.frobenius_sq(fn, x), _reference(fn, x), rtol=1e-12)
+
+
+def test_nnx_module_parameter_gradients_match_jacrev_to_1e10(x64):
+    x = jax.random.normal(jax.random.key(2), (4, 12), jnp.float64)
+    model = _TwoLinear(jnp.float64)
+    for mode in ("auto", "structured"):
+        got = nnx.grad(lambda m, mode=mode: jnp.sum(jacobian.frobenius_sq(m, x, mode=mode)))(model)
+        ref = nnx.grad(lambda m: jnp.sum(_reference(m, x)))(model)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_linen_apply_partial_is_a_chain(x64):
+    linen = pytest.importorskip("flax.linen")
+
+    class Enc(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.sigmoid(linen.Dense(4, param_dtype=jnp.float64)(x.reshape(-1)))
+
+    x = jax.random.normal(jax.random.key(2), (3, 6), jnp.float64)
+    params = Enc().init(jax.random.key(0), x[0])
+    fn = functools.partial(Enc().apply, params)
+    assert jacobian.explain(fn, x).choice == "closed_form"
+    np.testing.assert_allclose(jacobian.frobenius_sq(fn, x), _reference(fn, x), rtol=1e-12)
+
+
+def test_float32_jit_vmap_and_chunking_on_a_user_conv():
+    model = _ConvNet(jnp.float32)
+    x = jax.random.uniform(jax.random.key(3), (7, 8, 8, 1))
+    ref = _reference(model, x)
+    jitted = jax.jit(lambda m, xb: jacobian.frobenius_sq(m, xb))(model, x)
+    np.testing.assert_allclose(jitted, ref, rtol=1e-5)
+    for chunk in (1, 3, 7):
+        got = jacobian.frobenius_sq(model, x, chunk_size=chunk)
+        np.testing.assert_allclose(got, ref, rtol=1e-5)
+    # vmap over two batches: the trace sees one example of one batch at a time
+    both = jax.vmap(lambda xb: jacobian.frobenius_sq(model, xb))(jnp.stack([x, 2 * x]))
+    np.testing.assert_allclose(both[0], ref, rtol=1e-5)
+
+
+def test_frobenius_sq_diff_on_user_chains_matches_explicit_jacobians(x64):
+    for name in ("nnx-two-linear", "nnx-conv"):
+        fn, shape, _ = _user_encoders(jnp.float64)[name]
+        x = jax.random.normal(jax.random.key(4), (3, *shape), jnp.float64)
+        x2 = x + 0.1 * jax.random.normal(jax.random.key(5), x.shape, jnp.float64)
+        ja, jb = jacobian.jacobian(fn, x), jacobian.jacobian(fn, x2)
+        expected = jnp.sum((ja - jb).reshape(3, -1) ** 2, axis=1)
+        for mode in ("auto", "structured", "jacrev"):
+            got = jacobian.frobenius_sq_diff(fn, x, x2, mode=mode, chunk_size=2)
+            np.testing.assert_allclose(got, expected, rtol=1e-10, err_msg=f"{name} {mode}")
+
+
+def test_forcing_a_structured_route_on_a_non_chain_names_the_primitive_and_line():
+    def skip(v):
+        return v + jnp.tanh(v)[::-1]
+
+    x = jnp.ones((2, 5))
+    report = jacobian.explain(skip, x)
+    assert report.structure == "not a chain" and "test_jacobian_engine.py" in report.fallback
+    for mode in ("structured", "closed_form"):
+        with pytest.raises(ValueError, match=r"^mode .* is not one \(\w+ at .*\n?") as err:
+            jacobian.frobenius_sq(skip, x, mode=mode)
+        assert "\n" not in str(err.value)
