@@ -34,7 +34,7 @@ def _reference(fn, x):
     return jax.vmap(lambda xi: jnp.sum(jax.jacrev(fn)(xi) ** 2))(x)
 
 
-def _assert_exact(make_fn, params, x, mode="auto", rtol=1e-10):
+def _assert_exact(make_fn, params, x, mode="auto", rtol=1e-10, gradients=True):
     """Values and parameter gradients of the engine equal vmap(jacrev)'s."""
 
     def pen(p, use_ref):
@@ -46,6 +46,8 @@ def _assert_exact(make_fn, params, x, mode="auto", rtol=1e-10):
 
     got, ref = jax.jit(pen, static_argnums=1)(params, False), pen(params, True)
     np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-13)
+    if not gradients:
+        return
     g_got = value_and_grad(False)(params)[1]
     g_ref = value_and_grad(True)(params)[1]
     for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref), strict=True):
@@ -110,7 +112,7 @@ def _build(chain, x0):
     return fn, params
 
 
-PROPS = settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+PROPS = settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @PROPS
@@ -120,7 +122,9 @@ def test_random_chains_are_exact_in_values_and_parameter_gradients(x64, chain):
     fn, params = _build(chain, x[0])
     report = jacobian.explain(functools.partial(fn, params), x)
     assert report.fallback is None, (chain, report)
-    for mode in ("auto", "structured"):
+    # The structured routes are checked even where the cost model prefers autodiff.
+    modes = ["auto"] if report.choice not in ("jacrev", "jacfwd") else ["auto", "structured"]
+    for mode in modes:
         _assert_exact(lambda p: functools.partial(fn, p), params, x, mode=mode)
 
 
@@ -155,7 +159,9 @@ def test_random_chain_breakers_fall_back_and_stay_exact(x64, chain, breaker, tai
 
     report = jacobian.explain(functools.partial(fn, params), x)
     assert report.fallback is not None and report.choice in ("jacrev", "jacfwd"), report
-    _assert_exact(lambda p: functools.partial(fn, p), params, x)
+    # The fallback IS autodiff: its gradients would be compared with themselves; the values
+    # guard against a misread structure all the same.
+    _assert_exact(lambda p: functools.partial(fn, p), params, x, gradients=False)
 
 
 # --- encoders a user writes: nnx layers, plain jnp, linen, under jit / vmap / chunking ----------
