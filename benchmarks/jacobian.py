@@ -177,8 +177,8 @@ def applicable_routes(spec, routes: Sequence[str]) -> list[str]:
     for r in routes:
         if r == "closed_form" and "closed_form" not in costs:
             continue
-        if r == "structured" and not any(c.startswith("structured") for c in costs):
-            continue
+        if r == "structured" and not any(c.startswith(("structured", "closed")) for c in costs):
+            continue  # on a one-layer chain mode="structured" runs the closed form
         if r == "torch_jacrev" and not spec.is_mlp:
             continue
         out.append(r)
