@@ -277,3 +277,50 @@ def test_forcing_a_structured_route_on_a_non_chain_names_the_primitive_and_line(
         with pytest.raises(ValueError, match=r"^mode .* is not one \(\w+ at .*\n?") as err:
             jacobian.frobenius_sq(skip, x, mode=mode)
         assert "\n" not in str(err.value)
+
+
+def _shape_op_encoders():
+    k = jax.random.normal(jax.random.key(0), (3, 3, 1, 4), jnp.float64) / 3
+    kg = jax.random.normal(jax.random.key(1), (3, 3, 2, 4), jnp.float64) / 3
+    w = jax.random.normal(jax.random.key(2), (16, 6), jnp.float64) / 4
+    c = jax.random.normal(jax.random.key(3), (16,), jnp.float64)
+
+    def conv(h, kernel, **kw):
+        return jax.lax.conv_general_dilated(
+            h[None],
+            kernel,
+            (1, 1),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            **kw,
+        )[0]
+
+    return {
+        "slice-pad-concat": lambda v: jnp.tanh(
+            jnp.concatenate([jnp.pad(v.reshape(-1)[2:14], 2) * c, jnp.ones(3)]) @ jnp.ones((19, 4))
+        ),
+        "reduce-broadcast": lambda v: jnp.tanh(
+            jnp.broadcast_to(jnp.sum(v.reshape(4, 4), axis=0), (3, 4)).reshape(-1)
+        ),
+        "transpose-div-sub": lambda v: jax.nn.sigmoid((1.0 - v.reshape(4, 4).T / 3.0).reshape(-1)),
+        "grouped-conv": lambda v: jnp.tanh(
+            conv(jnp.tanh(conv(v, k)), kg, feature_group_count=2)
+        ).reshape(-1),
+        "conv-transpose": lambda v: jnp.tanh(
+            conv(jnp.tanh(conv(v, k)), jnp.ones((2, 2, 4, 1)) / 4, lhs_dilation=(2, 2))
+        ).reshape(-1),
+        "linear-tail": lambda v: jnp.tanh(v.reshape(-1) @ w) @ w.T[:, :5],
+        "linear-only": lambda v: (v.reshape(-1) @ w) * 2.0,
+        "elementwise-first": lambda v: jnp.tanh(jax.nn.softplus(v.reshape(-1)) @ w),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_shape_op_encoders()))
+def test_shape_ops_and_linear_variants_stay_exact(x64, name):
+    fn = _shape_op_encoders()[name]
+    x = jax.random.normal(jax.random.key(5), (3, *SHAPE), jnp.float64)
+    report = jacobian.explain(fn, x)
+    assert report.fallback is None, str(report)
+    for route in report.costs:
+        got = jacobian.frobenius_sq_route(fn, x, route)
+        np.testing.assert_allclose(got, _reference(fn, x), rtol=1e-10, err_msg=route)
