@@ -95,11 +95,11 @@ class UserJnp(nnx.Module):
     """Holds the arrays of `_jnp_encoder` so that the optimizer sees them; calls the function."""
 
     def __init__(self, d: int, k: int, key: int):
-        w = jax.random.normal(jax.random.key(key), (d, k)) / np.sqrt(d)
-        self.params = nnx.Param({"w": w, "b": jnp.zeros((k,))})
+        self.w = nnx.Param(jax.random.normal(jax.random.key(key), (d, k)) / np.sqrt(d))
+        self.b = nnx.Param(jnp.zeros((k,)))
 
     def __call__(self, x):
-        return _jnp_encoder(self.params[...], x)
+        return _jnp_encoder({"w": self.w[...], "b": self.b[...]}, x)
 
 
 class UserConv(nnx.Module):
@@ -595,6 +595,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--reps", type=int, default=None, help="timed steps per route")
     parser.add_argument(
+        "--models", default=None, help=f"comma-separated subset of {', '.join(MODELS)}"
+    )
+    parser.add_argument(
         "--devices", action="store_true", help="run on every jax.devices() kind (one file each)"
     )
     args = parser.parse_args(argv)
@@ -609,6 +612,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         slug = machine_slug(device)
         reps = args.reps or (20 if args.quick else 30)
         names = QUICK_MODELS if args.quick else FULL_MODELS
+        if args.models:
+            names = tuple(args.models.split(","))
+            for n in names:
+                if n not in MODELS:
+                    raise SystemExit(f"unknown model {n!r}; choose from {', '.join(MODELS)}")
         peak = matmul_peak_gflops(device=device)
         print(
             f"# {slug}: jax {jax.__version__}, {jax.default_backend()}, "
@@ -622,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             device=device,
         )
         sweep_records = []
-        if not args.quick:
+        if not args.quick and not args.models:
             sweep_records = sweep(device=device)
         for r in records + sweep_records:
             r["fraction_of_matmul_peak"] = (
