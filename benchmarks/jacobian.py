@@ -566,14 +566,25 @@ def run_suite(
             device=device,
             log=log,
         )
-        own = getattr(spec, "own", None)
-        for r in model_records:
-            ref = next((o for o in records if o["model"] == own and o["route"] == r["route"]), None)
-            r["ratio_to_own"] = r["ms_per_step"] / ref["ms_per_step"] if ref else None
-            r["own_model"] = own if ref else None
+        add_ratio_to_own(records + model_records, models)
         log(format_table(model_records))  # partial results survive an interrupted run
         records += model_records
     return records
+
+
+def add_ratio_to_own(records: list[dict], models: dict) -> None:
+    """`ratio_to_own`: this row's × plain ÷ the same route's × plain on aecore's own model.
+
+    Each × plain comes from one model's round-robin (plain and the route side by side), so the
+    ratio cancels the load drift between the two models' runs; both models share the decoder,
+    so their plain steps cost the same.
+    """
+    for r in records:
+        own = getattr(models.get(r["model"]), "own", None)
+        ref = next((o for o in records if o["model"] == own and o["route"] == r["route"]), None)
+        ok = ref is not None and r.get("ratio_to_plain") and ref.get("ratio_to_plain")
+        r["ratio_to_own"] = r["ratio_to_plain"] / ref["ratio_to_plain"] if ok else None
+        r["own_model"] = own if ok else None
 
 
 def _json_safe(obj):
