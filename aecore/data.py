@@ -33,7 +33,24 @@ MANIFOLDS: tuple[str, ...] = ("circle", "spiral", "swiss_roll")
 FILE_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".csv")
 NORMALIZATIONS: tuple[str, ...] = ("none", "unit", "standardize", "pca")
 VALUE_RANGES: tuple[str, ...] = ("unit", "real")
-PATCH_NORMALIZATIONS: tuple[str, ...] = ("ng", "none")
+PATCH_NORMALIZATIONS: tuple[str, ...] = ("ng", "none", "zca", "whiten")
+PATCH_IMAGES: tuple[str, ...] = ("sklearn", "skimage")
+# scikit-image's bundled photographs of natural scenes and objects (in its wheel, no download);
+# the drawings, micrographs and synthetic images of skimage.data are left out.
+SKIMAGE_PHOTOGRAPHS: tuple[str, ...] = (
+    "astronaut",
+    "camera",
+    "coffee",
+    "chelsea",
+    "grass",
+    "gravel",
+    "brick",
+    "rocket",
+    "motorcycle_left",
+    "motorcycle_right",
+    "coins",
+    "moon",
+)
 
 # ITU-R BT.601 luma, the weights PIL uses for mode "L": one grayscale convention everywhere.
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -51,7 +68,7 @@ _TFDS: dict[str, tuple[str, tuple[str, str], bool]] = {
 # Keyword arguments each source accepts beyond the common ones of `load_dataset`.
 _EXTRA_KWARGS: dict[str, tuple[str, ...]] = {
     "digits": (),
-    "patches": ("patch_size", "num_patches", "normalization"),
+    "patches": ("patch_size", "num_patches", "normalization", "images", "zca_epsilon"),
     **{m: ("num_points", "noise") for m in MANIFOLDS},
     **{t: () for t in _TFDS},
     ".npy": (),
@@ -133,7 +150,14 @@ def load_dataset(
       (before the split), `normalization="ng"`: Ng's sparse-autoencoder notes (CS294A,
       §"Sparse autoencoder" exercise): subtract each patch's mean, clip to ±3 standard
       deviations (pooled over the training patches) and map [-3σ, 3σ] to [0.1, 0.9]; or
-      "none": the raw grayscale values in [0, 1].
+      "none": the raw grayscale values in [0, 1]; or "whiten": each photograph whitened as
+      Olshausen & Field (1996) did for the images Vincent et al. (2010) trained on (see
+      `whiten_image`) before the patches are cut, then scaled to unit variance per pixel
+      (pooled over the training patches); or "zca": ZCA whitening of the patches
+      (`zca_matrix`, fitted on the training patches, `zca_epsilon=0.1` of the mean
+      eigenvalue added to each). "zca" and "whiten" give value range "real".
+      `images="sklearn"` (default: china.jpg, flower.jpg) or "skimage": the twelve
+      photographs `SKIMAGE_PHOTOGRAPHS` bundled with scikit-image (its wheel, no download).
     - "circle" [N, 2], "spiral" [N, 2], "swiss_roll" [N, 3]: noisy samples of a 1-D or 2-D
       manifold, see `sample_manifold` (kwargs `num_points=2000`, `noise=0.05`). Value range
       "real", no labels. The points are i.i.d., so the first examples form the training split
@@ -402,13 +426,16 @@ def _load_patches(
     patch_size: int = 8,
     num_patches: int = 10000,
     normalization: str = "ng",
+    images: str = "sklearn",
+    zca_epsilon: float = 0.1,
 ) -> Dataset:
-    from sklearn.datasets import load_sample_images
-
     _checks.check_choice("patches normalization", normalization, PATCH_NORMALIZATIONS)
     _checks.check_positive_int("num_patches", num_patches)
-    images = [img.astype(np.float64) @ _LUMA / 255.0 for img in load_sample_images().images]
-    max_size = min(min(img.shape) for img in images)
+    _checks.check_nonnegative("zca_epsilon", zca_epsilon)
+    photos = photographs(images)
+    if normalization == "whiten":
+        photos = [whiten_image(img) for img in photos]
+    max_size = min(min(img.shape) for img in photos)
     if not (
         isinstance(patch_size, int | np.integer)
         and not isinstance(patch_size, bool)
@@ -416,9 +443,9 @@ def _load_patches(
     ):
         raise ValueError(f"patch_size must be an integer in [1, {max_size}], got {patch_size!r}")
     rng = np.random.default_rng(seed)
-    which = rng.integers(len(images), size=num_patches)
+    which = rng.integers(len(photos), size=num_patches)
     patches = np.empty((num_patches, patch_size, patch_size))
-    for k, img in enumerate(images):
+    for k, img in enumerate(photos):
         mask = which == k
         rows = rng.integers(img.shape[0] - patch_size + 1, size=mask.sum())
         cols = rng.integers(img.shape[1] - patch_size + 1, size=mask.sum())
@@ -427,25 +454,139 @@ def _load_patches(
     # Patches are i.i.d. draws, so the first ones form the training split.
     n_train, _ = _split_sizes(num_patches, test_fraction)
     train, test = patches[:n_train], patches[n_train:]
+    value_range = "unit"
     if normalization == "ng":
         train, test = (p - p.mean(axis=(1, 2), keepdims=True) for p in (train, test))
         bound = 3 * train.std()
         train, test = ((np.clip(p, -bound, bound) / bound + 1) * 0.4 + 0.1 for p in (train, test))
         how = "patch mean removed, clipped to ±3 std (train), mapped to [0.1, 0.9] (Ng)"
+    elif normalization == "whiten":
+        scale = train.std()
+        train, test = train / scale, test / scale
+        value_range = "real"
+        how = "images whitened as Olshausen & Field (1996), unit variance per pixel (train)"
+    elif normalization == "zca":
+        flat_train = train.reshape(n_train, -1)
+        mean = flat_train.mean(axis=0)
+        w = zca_matrix(flat_train, epsilon=zca_epsilon)
+        train, test = (((p.reshape(len(p), -1) - mean) @ w).reshape(p.shape) for p in (train, test))
+        value_range = "real"
+        how = f"ZCA-whitened patches (epsilon {zca_epsilon} of the mean eigenvalue, train)"
     else:
         how = "grayscale in [0, 1]"
+    source = (
+        "scikit-learn's sample photographs"
+        if images == "sklearn"
+        else f"scikit-image's {len(photos)} photographs"
+    )
     return Dataset(
         name="patches",
         x_train=train.astype(np.float32)[..., None],
         x_test=test.astype(np.float32)[..., None],
         y_train=None,
         y_test=None,
-        value_range="unit",
+        value_range=value_range,
         description=(
-            f"{num_patches} random {patch_size}x{patch_size} patches of scikit-learn's sample "
-            f"photographs (BT.601 luma/255); {how}"
+            f"{num_patches} random {patch_size}x{patch_size} patches of {source} "
+            f"(BT.601 luma/255); {how}"
         ),
     )
+
+
+def photographs(images: str = "sklearn") -> list[np.ndarray]:
+    """Grayscale photographs (BT.601 luma / 255, float64 [H, W] in [0, 1]) bundled offline.
+
+    Args:
+      images: "sklearn" (scikit-learn's china.jpg and flower.jpg) or "skimage" (the
+        `SKIMAGE_PHOTOGRAPHS` of scikit-image's `skimage.data`, inside its wheel).
+
+    Returns:
+      The photographs as a list of 2-D arrays (their sizes differ).
+
+    Raises:
+      ValueError: an unknown `images` name.
+      ImportError: "skimage" without scikit-image installed.
+    """
+    _checks.check_choice("patches images", images, PATCH_IMAGES)
+    if images == "sklearn":
+        from sklearn.datasets import load_sample_images
+
+        raw = load_sample_images().images
+    else:
+        try:
+            import skimage.data
+        except ImportError as e:
+            raise ImportError(
+                "images='skimage' needs scikit-image: pip install scikit-image"
+            ) from e
+        left, right, _ = skimage.data.stereo_motorcycle()
+        extra = {"motorcycle_left": left, "motorcycle_right": right}
+        raw = [extra[n] if n in extra else getattr(skimage.data, n)() for n in SKIMAGE_PHOTOGRAPHS]
+
+    def gray(img: np.ndarray) -> np.ndarray:
+        img = np.asarray(img, dtype=np.float64)
+        return (img[..., :3] @ _LUMA if img.ndim == 3 else img) / 255.0
+
+    return [gray(img) for img in raw]
+
+
+def whiten_image(image: np.ndarray, *, cutoff: float = 0.4) -> np.ndarray:
+    """Whitens a grayscale image as Olshausen & Field (1996) did for their natural scenes.
+
+    The image (mean removed) is filtered in the frequency domain by R(f) = f exp(−(f/f0)⁴),
+    f the radial frequency in cycles per pixel and f0 = `cutoff` (their 200 cycles per
+    512-pixel picture is 0.39): the f factor flattens the ~1/f amplitude spectrum of natural
+    images, the exponential rolls off the highest frequencies, where sensor noise and JPEG
+    artefacts would otherwise be amplified (what ZCA with a small epsilon does). The result is
+    scaled to unit variance.
+
+    Args:
+      image: [H, W] grayscale values.
+      cutoff: f0 in cycles per pixel, in (0, 0.5] (0.5 is Nyquist).
+
+    Returns:
+      The whitened image [H, W], float64, zero mean and unit variance.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or min(image.shape) < 2:
+        raise ValueError(f"image must be a 2-D array [H, W] with H, W >= 2, got {image.shape}")
+    if not 0 < cutoff <= 0.5:
+        raise ValueError(f"cutoff must be in (0, 0.5] cycles per pixel, got {cutoff!r}")
+    h, w = image.shape
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.rfftfreq(w), indexing="ij")
+    f = np.hypot(fy, fx)
+    spectrum = np.fft.rfft2(image - image.mean()) * f * np.exp(-((f / cutoff) ** 4))
+    out = np.fft.irfft2(spectrum, s=(h, w))
+    return out / (out.std() + 1e-12)
+
+
+def zca_matrix(x: np.ndarray, *, epsilon: float = 0.1) -> np.ndarray:
+    """The symmetric ZCA whitening matrix U diag(1/√(λ + ε λ̄)) Uᵀ of examples x [N, D].
+
+    λ, U are the eigenvalues and eigenvectors of x's covariance (mean removed), λ̄ their mean;
+    ε = `epsilon` is relative, so it means the same for any scale of x. ε → 0 whitens fully
+    (every direction, noise included, gets unit variance); (x − mean) @ W is the whitened data.
+
+    Args:
+      x: examples [N, D], N >= 2.
+      epsilon: regularizer as a fraction of the mean eigenvalue, >= 0.
+
+    Returns:
+      W [D, D], float64, symmetric.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be examples [N, D] with N >= 2, got shape {x.shape}")
+    _checks.check_nonnegative("epsilon", epsilon)
+    cov = np.cov(x, rowvar=False)
+    lam, u = np.linalg.eigh(cov)
+    lam = np.clip(lam, 0.0, None)
+    reg = epsilon * lam.mean()
+    if not np.all(lam + reg > 0):
+        raise ValueError(
+            f"covariance of x is singular (smallest eigenvalue {lam.min():.3g}); use epsilon > 0"
+        )
+    return (u / np.sqrt(lam + reg)) @ u.T
 
 
 def _load_manifold(

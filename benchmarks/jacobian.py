@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from aecore import jacobian, make_autoencoder
+from aecore.models import Autoencoder, MLPDecoder
 from aecore.objective import Objective
 from aecore.train import init_optimizer, make_train_step
 
@@ -67,6 +69,78 @@ class ModelSpec:
         return self.architecture == "mlp"
 
 
+class UserDense(nnx.Module):
+    """A user's encoder written with `nnx.Linear` (not aecore's classes): act(W_l ⋯ act(W_1 x))."""
+
+    def __init__(self, sizes: Sequence[int], activation, key: int):
+        rngs = nnx.Rngs(key)
+        self.linears = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self.activation = activation
+
+    def __call__(self, x):
+        h = x.reshape(-1)
+        for lin in self.linears:
+            h = self.activation(lin(h))
+        return h
+
+
+def _jnp_encoder(params: dict, x: jax.Array) -> jax.Array:
+    """A user's encoder in plain jax.numpy: tanh(x W + b)."""
+    return jnp.tanh(x.reshape(-1) @ params["w"] + params["b"])
+
+
+class UserJnp(nnx.Module):
+    """Holds the arrays of `_jnp_encoder` so that the optimizer sees them; calls the function."""
+
+    def __init__(self, d: int, k: int, key: int):
+        self.w = nnx.Param(jax.random.normal(jax.random.key(key), (d, k)) / np.sqrt(d))
+        self.b = nnx.Param(jnp.zeros((k,)))
+
+    def __call__(self, x):
+        return _jnp_encoder({"w": self.w[...], "b": self.b[...]}, x)
+
+
+class UserConv(nnx.Module):
+    """One `nnx.Conv` 3×3 stride 2 and relu, flattened to the code."""
+
+    def __init__(self, channels: int, key: int):
+        self.conv = nnx.Conv(1, channels, (3, 3), strides=2, rngs=nnx.Rngs(key))
+
+    def __call__(self, x):
+        return jax.nn.relu(self.conv(x)).reshape(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class UserSpec:
+    """An autoencoder whose encoder a user wrote (`kind`: "nnx", "jnp" or "conv"), aecore's MLP
+    decoder; `own` names aecore's own model of the same shape (its row is the reference)."""
+
+    input_shape: tuple[int, ...]
+    hidden: tuple[int, ...]
+    kind: str
+    own: str | None = None
+    is_mlp = False
+
+    def build(self, key: int = 0):
+        d = int(np.prod(self.input_shape))
+        if self.kind == "nnx":
+            enc = UserDense((d, *self.hidden), jax.nn.sigmoid, key)
+            dec_hidden = tuple(reversed(self.hidden[:-1]))
+        elif self.kind == "jnp":
+            enc = UserJnp(d, self.hidden[-1], key)
+            dec_hidden = ()
+        else:
+            enc = UserConv(self.hidden[0], key)
+        code = int(np.prod(jax.eval_shape(enc, jnp.zeros(self.input_shape)).shape))
+        if self.kind == "conv":
+            dec_hidden = ()
+        acts = ["sigmoid"] * len(dec_hidden)
+        dec = MLPDecoder(code, dec_hidden, acts, self.input_shape, key=jax.random.key(key + 1))
+        return Autoencoder(enc, dec, output="sigmoid")
+
+
 MODELS = {
     "mlp-784-64": ModelSpec((784,), (64,)),
     "mlp-784-256": ModelSpec((784,), (256,)),
@@ -75,19 +149,36 @@ MODELS = {
     "mlp-784-512-256-32": ModelSpec((784,), (512, 256, 32)),
     "mlp-784-1000-500": ModelSpec((784,), (1000, 500)),
     "conv-28x28x1-32": ModelSpec((28, 28, 1), (32,), architecture="conv"),
+    "mlp-784-256-tanh": ModelSpec((784,), (256,), activation="tanh"),
+    "user-nnx-784-256": UserSpec((784,), (256,), "nnx", own="mlp-784-256"),
+    "user-nnx-784-256-32": UserSpec((784,), (256, 32), "nnx", own="mlp-784-256-32"),
+    "user-jnp-784-256": UserSpec((784,), (256,), "jnp", own="mlp-784-256-tanh"),
+    "user-conv-28x28x1-16": UserSpec((28, 28, 1), (16,), "conv"),
 }
-QUICK_MODELS = ("mlp-784-256", "mlp-784-256-32")
+QUICK_MODELS = (
+    "mlp-784-256",
+    "mlp-784-256-32",
+    "user-nnx-784-256",
+    "user-nnx-784-256-32",
+    "user-conv-28x28x1-16",
+)
 FULL_MODELS = tuple(MODELS)
 
 
-def applicable_routes(spec: ModelSpec, routes: Sequence[str]) -> list[str]:
-    """Routes that exist for this model (closed_form: one dense layer; structured: MLPs)."""
+def _explain(spec, batch: int = 128) -> jacobian.Explanation:
+    model = spec.build()
+    return jacobian.explain(model.encode, jnp.zeros((batch, *spec.input_shape), jnp.float32))
+
+
+def applicable_routes(spec, routes: Sequence[str]) -> list[str]:
+    """Routes that exist for this model, as the engine finds them (`jacobian.explain`)."""
+    costs = _explain(spec).costs
     out = []
     for r in routes:
-        if r == "closed_form" and not (spec.is_mlp and len(spec.hidden) == 1):
+        if r == "closed_form" and "closed_form" not in costs:
             continue
-        if r == "structured" and not spec.is_mlp:
-            continue
+        if r == "structured" and not any(c.startswith(("structured", "closed")) for c in costs):
+            continue  # on a one-layer chain mode="structured" runs the closed form
         if r == "torch_jacrev" and not spec.is_mlp:
             continue
         out.append(r)
@@ -307,6 +398,7 @@ def run_model(
             penalty=runner.penalty,
         )
     out = list(records.values())
+    report = _explain(spec, batch)
     plain = records.get("plain", {}).get("ms_per_step")
     torch_ms = records.get("torch_jacrev", {}).get("ms_per_step")
     for r in out:
@@ -316,21 +408,22 @@ def run_model(
         gflop = r.get("gflop")
         r["gflops_achieved"] = gflop / (ms / 1e3) if gflop and np.isfinite(gflop) else None
         r["memory_kind"] = "xla_temp_bytes" if r["route"] != "torch_jacrev" else "n/a"
-        r["route_resolved"] = _resolved(spec, r["route"], x)
+        r["route_resolved"], r["macs"] = _resolved(report, r["route"])
     return out
 
 
-def _resolved(spec: ModelSpec, route: str, x: jax.Array) -> str:
-    """What `auto` (and `structured`) actually run for this model, for the table."""
-    if route not in ("auto", "structured"):
-        return route
-    model = spec.build()
-    mode = jacobian.choose_mode(model.encode, x) if route == "auto" else route
-    if mode == "structured" and len(spec.hidden) > 1:
-        w1 = model.encoder.layers[0].kernel
-        d, n1 = w1.shape
-        return "structured/" + jacobian.structured_product(x.shape[0], spec.hidden[-1], n1, d)
-    return mode
+def _resolved(report: jacobian.Explanation, route: str) -> tuple[str, int | None]:
+    """What a route actually runs for this model (as `explain` names it) and its multiply-adds
+    per batch (forward pass of the penalty, from the engine's cost model)."""
+    costs = report.costs
+    if route == "auto":
+        resolved = report.choice
+    elif route == "structured":
+        structured = {r: c for r, c in costs.items() if r.startswith("structured")}
+        resolved = min(structured, key=structured.get) if structured else "closed_form"
+    else:
+        resolved = route
+    return resolved, costs.get(resolved)
 
 
 def machine_slug(device=None) -> str:
@@ -423,7 +516,8 @@ def plot_sweep(records: list[dict], path: str) -> None:
 def format_table(records: Sequence[dict]) -> str:
     head = (
         f"{'model':<20} {'route':<13} {'runs':<22} {'ms/step':>9} {'×plain':>7} {'×torch':>7} "
-        f"{'GFLOP':>7} {'GFLOP/s':>8} {'temp MB':>8} {'compile s':>9} {'‖J‖² (1st)':>11}"
+        f"{'GFLOP':>7} {'GFLOP/s':>8} {'temp MB':>8} {'compile s':>9} {'‖J‖² (1st)':>11} "
+        f"{'GMAC':>8} {'×own':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in records:
@@ -437,8 +531,9 @@ def format_table(records: Sequence[dict]) -> str:
             f"{f(r['ms_per_step'], '9.2f')} {f(r.get('ratio_to_plain'), '7.2f')} "
             f"{f(r.get('speedup_vs_torch'), '7.2f')} {f(r.get('gflop'), '7.3f')} "
             f"{f(r.get('gflops_achieved'), '8.1f')} {f(mb / 1e6 if mb else None, '8.1f')} "
-            f"{f(r.get('compile_s'), '9.2f')} {f(r.get('penalty'), '11.5g')}"
-            + (f"  [{r['note']}]" if r.get("note") else "")
+            f"{f(r.get('compile_s'), '9.2f')} {f(r.get('penalty'), '11.5g')} "
+            f"{f(r['macs'] / 1e9 if r.get('macs') else None, '8.3f')} "
+            f"{f(r.get('ratio_to_own'), '6.2f')}" + (f"  [{r['note']}]" if r.get("note") else "")
         )
     return "\n".join(lines)
 
@@ -471,9 +566,25 @@ def run_suite(
             device=device,
             log=log,
         )
+        add_ratio_to_own(records + model_records, models)
         log(format_table(model_records))  # partial results survive an interrupted run
         records += model_records
     return records
+
+
+def add_ratio_to_own(records: list[dict], models: dict) -> None:
+    """`ratio_to_own`: this row's × plain ÷ the same route's × plain on aecore's own model.
+
+    Each × plain comes from one model's round-robin (plain and the route side by side), so the
+    ratio cancels the load drift between the two models' runs; both models share the decoder,
+    so their plain steps cost the same.
+    """
+    for r in records:
+        own = getattr(models.get(r["model"]), "own", None)
+        ref = next((o for o in records if o["model"] == own and o["route"] == r["route"]), None)
+        ok = ref is not None and r.get("ratio_to_plain") and ref.get("ratio_to_plain")
+        r["ratio_to_own"] = r["ratio_to_plain"] / ref["ratio_to_plain"] if ok else None
+        r["own_model"] = own if ok else None
 
 
 def _json_safe(obj):
@@ -495,6 +606,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--reps", type=int, default=None, help="timed steps per route")
     parser.add_argument(
+        "--models", default=None, help=f"comma-separated subset of {', '.join(MODELS)}"
+    )
+    parser.add_argument(
         "--devices", action="store_true", help="run on every jax.devices() kind (one file each)"
     )
     args = parser.parse_args(argv)
@@ -509,6 +623,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         slug = machine_slug(device)
         reps = args.reps or (20 if args.quick else 30)
         names = QUICK_MODELS if args.quick else FULL_MODELS
+        if args.models:
+            names = tuple(args.models.split(","))
+            for n in names:
+                if n not in MODELS:
+                    raise SystemExit(f"unknown model {n!r}; choose from {', '.join(MODELS)}")
         peak = matmul_peak_gflops(device=device)
         print(
             f"# {slug}: jax {jax.__version__}, {jax.default_backend()}, "
@@ -522,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             device=device,
         )
         sweep_records = []
-        if not args.quick:
+        if not args.quick and not args.models:
             sweep_records = sweep(device=device)
         for r in records + sweep_records:
             r["fraction_of_matmul_peak"] = (

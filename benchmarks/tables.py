@@ -27,15 +27,15 @@ def route_table(records: list[dict], *, compact: bool = False) -> str:
     if compact:
         head = (
             "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step "
-            "| XLA temp MB |"
+            "| XLA temp MB | G multiply-adds | × own model |"
         )
-        rule = "|---|---|---:|---:|---:|---:|---:|"
+        rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     else:
         head = (
             "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step "
-            "| GFLOP/s | XLA temp MB | compile s | note |"
+            "| GFLOP/s | XLA temp MB | compile s | G multiply-adds | × own model | note |"
         )
-        rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+        rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     lines = [head, rule]
     for r in records:
         temp = None if r.get("temp_bytes") is None else r["temp_bytes"] / 1e6
@@ -51,7 +51,14 @@ def route_table(records: list[dict], *, compact: bool = False) -> str:
             cells.append(_num(r.get("gflops_achieved"), ".1f"))
         cells.append(_num(temp, ".1f"))
         if not compact:
-            cells += [_num(r.get("compile_s"), ".2f"), r.get("note", "")]
+            cells.append(_num(r.get("compile_s"), ".2f"))
+        macs = r.get("macs")
+        cells += [
+            _num(None if macs is None else macs / 1e9, ".3f"),
+            _num(r.get("ratio_to_own"), ".2f"),
+        ]
+        if not compact:
+            cells.append(r.get("note", ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -113,6 +120,25 @@ def headline_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def user_table(records: list[dict]) -> str:
+    """Encoders a user wrote against aecore's own model of the same shape (same run)."""
+    lines = [
+        "| user-written encoder | route (runs) | G multiply-adds | ms/step | × plain "
+        "| × aecore's own model (same route) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        if not r["model"].startswith("user-") or r["route"] not in ("auto", "jacrev"):
+            continue
+        gmacs = None if r.get("macs") is None else r["macs"] / 1e9
+        lines.append(
+            f"| {r['model']} | {_route_label(r)} | {_num(gmacs, '.3f')} "
+            f"| {r['ms_per_step']:.1f} | {r['ratio_to_plain']:.2f} "
+            f"| {_num(r.get('ratio_to_own'), '.2f')} ({r.get('own_model') or '—'}) |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="a results JSON written by benchmarks.jacobian")
@@ -132,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(sweep_table(payload["sweep"]))
     print()
     print(headline_table(payload["records"]))
+    if any(r["model"].startswith("user-") for r in payload["records"]):
+        print()
+        print(user_table(payload["records"]))
 
 
 if __name__ == "__main__":

@@ -402,3 +402,22 @@ def write_results(path: Path, results: dict[str, Any], *, started: float) -> dic
     print(json.dumps(results, indent=2, sort_keys=True))
     print(f"metrics and figures in {path}")
     return results
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported only when drawing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, *, dpi: int = 100, tight: bool = True, **savefig: Any) -> None:
+    """Lays out (optionally), writes (`savefig` kwargs passed on) and closes a figure."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi, **savefig)
+    fig.clf()
+    pyplot().close(fig)

@@ -9,6 +9,7 @@ cross-entropy. "raw pixels" means the probe on pixels and the same MLP from a ra
 
 Command:
   python -m experiments.exp_classifier              # mnist10k when present (8k/2k), ~8 min
+  python -m experiments.exp_classifier --seeds 5    # + mean ± SE, paired tests, ~5 x 8 min
   python -m experiments.exp_classifier --quick      # seconds (tests)
 
 Expected (full MNIST, 1000 units, Rifai et al. 2011, error after fine-tuning): CAE 1.14%,
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aecore import Objective, evaluate
+from aecore import Objective, evaluate, stats
 from experiments import common
 
 NAME = "classifier"
@@ -133,15 +134,21 @@ def init_params(kernel: np.ndarray, bias: np.ndarray, num_classes: int) -> dict[
 # --------------------------------------------------------------------------------------------
 
 
-def run(args) -> dict[str, Any]:
-    ctx = common.setup(NAME, args, labelled=True)
-    out, ds, x_train, x_test = ctx.out, ctx.ds, ctx.x_train, ctx.x_test
+def one_seed(
+    ctx: common.Setup, ds, *, quick: bool, seed: int
+) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, Any]]:
+    """Pre-trains every objective on ds's training split, then probes and fine-tunes.
+
+    Returns:
+      (table: feature set -> errors, timing in seconds, run facts: sizes and settings).
+    """
+    x_train, x_test = common.flat(ds.x_train), common.flat(ds.x_test)
     y_train, y_test = np.asarray(ds.y_train), np.asarray(ds.y_test)
-    if args.quick:
+    if quick:
         x_train, y_train, x_test, y_test = x_train[:300], y_train[:300], x_test[:200], y_test[:200]
-    units = 32 if args.quick else 500
-    pretrain = dict(num_steps=30 if args.quick else 1500, batch_size=64, learning_rate=1e-3)
-    epochs = 3 if args.quick else 10
+    units = 32 if quick else 500
+    pretrain = dict(num_steps=30 if quick else 1500, batch_size=64, learning_rate=1e-3)
+    epochs = 3 if quick else 10
     num_classes = int(max(y_train.max(), y_test.max())) + 1
 
     table: dict[str, dict[str, float]] = {}
@@ -149,7 +156,7 @@ def run(args) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     probe = evaluate.linear_probe(x_train, y_train, x_test, y_test)
-    rng = jax.random.key(args.seed)
+    rng = jax.random.key(seed)
     kernel0 = jax.nn.initializers.glorot_uniform()(rng, (x_train.shape[1], units), jnp.float32)
     mlp_err = fine_tune(
         init_params(np.asarray(kernel0), np.zeros(units, np.float32), num_classes),
@@ -158,22 +165,22 @@ def run(args) -> dict[str, Any]:
         x_test,
         y_test,
         epochs=epochs,
-        seed=args.seed,
+        seed=seed,
     )
     table["raw_pixels"] = {"probe_error": probe["error"], "finetuned_error": mlp_err}
     timing["raw_pixels"] = time.perf_counter() - t0
 
-    for name, obj in objectives(args.quick).items():
+    for name, obj in objectives(quick).items():
         t0 = time.perf_counter()
         fit = common.fit_record(
             ctx,
-            name,
+            f"{name}_seed{seed}",
             x_train,
             x_test,
             model=dict(hidden=(units,), activation="sigmoid", output="sigmoid", tied=True),
             objective=obj,
             train=pretrain,
-            seed=args.seed,
+            seed=seed,
         )
         layer = fit.model.encoder.layers[0]
         codes_train = evaluate.encode(fit.model, x_train)
@@ -182,7 +189,7 @@ def run(args) -> dict[str, Any]:
         params = init_params(
             np.asarray(layer.kernel[...]), np.asarray(layer.bias[...]), num_classes
         )
-        mlp_err = fine_tune(params, x_train, y_train, x_test, y_test, epochs=epochs, seed=args.seed)
+        mlp_err = fine_tune(params, x_train, y_train, x_test, y_test, epochs=epochs, seed=seed)
         table[name] = {
             "probe_error": probe["error"],
             "finetuned_error": mlp_err,
@@ -190,32 +197,73 @@ def run(args) -> dict[str, Any]:
             "saturation": evaluate.saturation(fit.model, x_test[:500]),
         }
         timing[name] = time.perf_counter() - t0
-        print(f"{name}: {table[name]} ({timing[name]:.0f} s)", flush=True)
+        print(f"seed {seed} {name}: {table[name]} ({timing[name]:.0f} s)", flush=True)
+    facts = dict(
+        units=units, pretrain=pretrain, epochs=epochs, n_train=len(x_train), n_test=len(x_test)
+    )
+    return table, timing, facts
 
+
+def seed_statistics(tables: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Mean ± SE over seeds and paired verdicts on the published ordering (lower error first),
+    for the fine-tuned MLP and for the linear probe."""
+    order = sorted(PUBLISHED, key=PUBLISHED.get)
+    out = {}
+    for column in ("finetuned_error", "probe_error"):
+        scores = {k: [t[k][column] for t in tables] for k in tables[0]}
+        out[column] = {
+            "mean_se": {k: list(stats.mean_se(v)) for k, v in scores.items()},
+            "published_ordering": stats.ordering_verdict(scores, order),
+        }
+    return out
+
+
+def run(args) -> dict[str, Any]:
+    n_seeds = getattr(args, "seeds", 1)
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"--seeds must be an integer >= 1, got {n_seeds!r}")
+    ctx = common.setup(NAME, args, labelled=True)
+    seeds = [args.seed + i for i in range(n_seeds)]
+    tables, timings = [], []
+    for s in seeds:
+        # Each seed draws its own split (files without one), initialization and batches.
+        ds = (
+            ctx.ds
+            if s == args.seed
+            else common.load_data(args.data, data_dir=args.data_dir, seed=s)
+        )
+        table, timing, facts = one_seed(ctx, ds, quick=bool(args.quick), seed=s)
+        tables.append(table)
+        timings.append(timing)
+    table = tables[0]
     ordering = sorted(PUBLISHED, key=lambda k: table[k]["finetuned_error"])
     results = {
-        "data": ds.description,
+        "data": ctx.ds.description,
         "subset_note": (
-            f"train {len(x_train)}, test {len(x_test)} examples; "
+            f"train {facts['n_train']}, test {facts['n_test']} examples; "
             + ("10k MNIST subset, " if args.data == "mnist10k" else "")
             + "published numbers are full MNIST (50k/10k), 1000 units"
         ),
-        "units": units,
-        "pretrain": pretrain,
-        "finetune_epochs": epochs,
+        "units": facts["units"],
+        "pretrain": facts["pretrain"],
+        "finetune_epochs": facts["epochs"],
         "objectives": {
             k: {f: getattr(v, f) for f in v.__dataclass_fields__}
             for k, v in objectives(args.quick).items()
         },
+        "seeds": seeds,
         "errors": table,
+        "errors_per_seed": tables,
         "published_finetuned_error_pct": PUBLISHED,
         "our_ordering_finetuned": ordering,
         "published_ordering": sorted(PUBLISHED, key=PUBLISHED.get),
         "ordering_reproduced": ordering == sorted(PUBLISHED, key=PUBLISHED.get),
-        "seconds": {k: round(v, 1) for k, v in timing.items()},
+        "seconds": {k: round(sum(t[k] for t in timings), 1) for k in timings[0]},
     }
-    _plot_table(out / "test_errors.png", table)
-    return common.finish(NAME, ctx, args, results, checks=_checks(table, ds, quick=args.quick))
+    if len(seeds) >= 2:
+        results["statistics"] = seed_statistics(tables)
+    _plot_table(ctx.out / "test_errors.png", table)
+    return common.finish(NAME, ctx, args, results, checks=_checks(table, ctx.ds, quick=args.quick))
 
 
 def _checks(table: dict[str, dict[str, float]], ds, *, quick: bool) -> list[common.Check]:
@@ -282,7 +330,17 @@ def _plot_table(path, table) -> None:
     plt.close(fig)
 
 
-main = common.main_for(run, __doc__, default_data=common.mnist_10k_or_digits())
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """The common flags plus --seeds (repeats with seeds --seed, --seed + 1, ...)."""
+    p = common.parser(common.first_paragraph(__doc__), default_data=common.mnist_10k_or_digits())
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="number of seeds (split, pre-training, fine-tuning); >= 2 adds mean ± SE and "
+        "paired tests of the published ordering",
+    )
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

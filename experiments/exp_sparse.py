@@ -36,75 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from aecore import Objective, evaluate
+from aecore.filters import edge_fraction
 from aecore.regularizers import kl_divergence
 from experiments import common
 
 NAME = "sparse"
-
-
-# --------------------------------------------------------------------------------------------
-# Filter statistics (shared with exp_denoising)
-
-
-def filter_stats(kernel: np.ndarray, image_shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Spatial spread and orientedness of each filter (a column of `kernel` [d, k], d = H*W).
-
-    spread: sqrt(Σ_p w_p² ‖p − c‖² / Σ_p w_p²), c the energy centroid, in pixels.
-    area50: the fewest pixels that hold half of the filter's energy Σ_p w_p² (a white-noise
-      filter needs about a third of the image; a stroke or blob detector a few pixels).
-    orientedness: max over 8 orientation wedges of 45° (centred every 22.5°) of the fraction
-      of the mean-removed filter's spectral energy (DC excluded) whose frequency falls in it.
-    """
-    h, w = image_shape
-    filters = np.asarray(kernel, dtype=np.float64).T.reshape(-1, h, w)  # [k, H, W]
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    energy = filters**2
-    total = energy.sum(axis=(1, 2)) + 1e-12
-    cr = (energy * rows).sum(axis=(1, 2)) / total
-    cc = (energy * cols).sum(axis=(1, 2)) / total
-    dist2 = (rows[None] - cr[:, None, None]) ** 2 + (cols[None] - cc[:, None, None]) ** 2
-    spread = np.sqrt((energy * dist2).sum(axis=(1, 2)) / total)
-    ranked = np.sort(energy.reshape(len(filters), -1), axis=1)[:, ::-1]
-    half = 0.5 * ranked.sum(axis=1, keepdims=True)
-    area50 = 1 + np.sum(np.cumsum(ranked, axis=1) < half, axis=1)
-
-    centred = filters - filters.mean(axis=(1, 2), keepdims=True)
-    power = np.abs(np.fft.fft2(centred)) ** 2  # [k, H, W]
-    fr, fc = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
-    angle = np.mod(np.arctan2(fr, fc), np.pi)  # orientation of the frequency, in [0, π)
-    nonzero = (fr != 0) | (fc != 0)
-    power = power * nonzero
-    spectral = power.sum(axis=(1, 2)) + 1e-12
-    best = np.zeros(len(filters))
-    for centre in np.arange(8) * np.pi / 8:
-        diff = np.abs(np.mod(angle - centre + np.pi / 2, np.pi) - np.pi / 2)
-        wedge = (diff <= np.pi / 8 + 1e-9) & nonzero
-        best = np.maximum(best, (power * wedge).sum(axis=(1, 2)) / spectral)
-    return {"spread": spread, "area50": area50, "orientedness": best}
-
-
-def noise_thresholds(image_shape: tuple[int, int], *, seed: int = 0) -> dict[str, float]:
-    """5th percentile of spread and 95th of orientedness for 2000 white-noise filters."""
-    rng = np.random.default_rng(seed)
-    stats = filter_stats(rng.standard_normal((int(np.prod(image_shape)), 2000)), image_shape)
-    return {
-        "spread": float(np.percentile(stats["spread"], 5)),
-        "orientedness": float(np.percentile(stats["orientedness"], 95)),
-    }
-
-
-def edge_fraction(kernel: np.ndarray, image_shape: tuple[int, int]) -> dict[str, float]:
-    """Fraction of filters more localized AND more oriented than 95% of white-noise filters."""
-    stats = filter_stats(kernel, image_shape)
-    thr = noise_thresholds(image_shape)
-    edge = (stats["spread"] < thr["spread"]) & (stats["orientedness"] > thr["orientedness"])
-    return {
-        "edge_like_fraction": float(edge.mean()),
-        "mean_spread": float(stats["spread"].mean()),
-        "mean_orientedness": float(stats["orientedness"].mean()),
-        "noise_spread_p5": thr["spread"],
-        "noise_orientedness_p95": thr["orientedness"],
-    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,9 @@ FIELDS = (
     "penalty",
     "reps",
     "note",
+    "route_resolved",
+    "macs",
+    "ratio_to_own",
 )
 
 

@@ -123,6 +123,73 @@ def test_patches_raw_are_grayscale_windows_of_the_photographs():
         assert found
 
 
+def test_skimage_photographs_are_the_twelve_grayscale_images():
+    photos = data.photographs("skimage")
+    assert len(photos) == len(data.SKIMAGE_PHOTOGRAPHS) == 12
+    for img in photos:
+        assert img.ndim == 2 and min(img.shape) >= 256
+        assert 0 <= img.min() and img.max() <= 1 and img.std() > 0.02
+
+
+def test_zca_matrix_whitens_exactly_without_epsilon_and_is_symmetric():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 4)) @ np.array(
+        [[2.0, 0, 0, 0], [1.0, 1.0, 0, 0], [0, 0.5, 0.3, 0], [0, 0, 0.1, 0.05]]
+    )
+    w = data.zca_matrix(x, epsilon=0.0)
+    np.testing.assert_allclose(w, w.T, atol=1e-12)
+    white = (x - x.mean(0)) @ w
+    np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(4), atol=1e-9)
+    # Closed form: W = Σ^{-1/2}, so W Σ W = I and W² = Σ^{-1}.
+    np.testing.assert_allclose(w @ w, np.linalg.inv(np.cov(x, rowvar=False)), rtol=1e-8)
+    # epsilon is relative to the mean eigenvalue: scaling x does not change the whitened data.
+    a = (x - x.mean(0)) @ data.zca_matrix(x, epsilon=0.1)
+    b = (10 * x - 10 * x.mean(0)) @ data.zca_matrix(10 * x, epsilon=0.1)
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_whiten_image_flattens_a_one_over_f_spectrum_and_rolls_off_near_nyquist():
+    n = 128
+    fy, fx = np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij")
+    f = np.hypot(fy, fx)
+    rng = np.random.default_rng(1)
+    amplitude = np.where(f > 0, 1 / np.maximum(f, 1e-9), 0.0)  # natural-image-like 1/f
+    img = np.real(np.fft.ifft2(amplitude * np.exp(2j * np.pi * rng.random((n, n)))))
+    power = np.abs(np.fft.fft2(data.whiten_image(img, cutoff=0.4))) ** 2
+
+    def band(lo, hi):
+        return power[(f >= lo) & (f < hi)].mean()
+
+    low, mid = band(0.03, 0.06), band(0.12, 0.18)
+    assert 0.7 < low / mid < 1.4  # flat: 1/f · f = const (the envelope is ~1 there)
+    assert band(0.45, 0.5) < 0.5 * mid  # exp(−(f/0.4)⁴) ≈ 0.3 in power at 0.47
+    w = data.whiten_image(img)
+    assert abs(w.mean()) < 1e-9 and w.std() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("normalization", ["zca", "whiten"])
+def test_whitened_patches_have_unit_scale_and_real_range(normalization):
+    ds = data.load_dataset(
+        "patches", images="skimage", patch_size=6, num_patches=3000,
+        normalization=normalization, zca_epsilon=0.0, seed=3,
+    )  # fmt: skip
+    assert ds.value_range == "real" and ds.x_train.shape == (2400, 6, 6, 1)
+    flat = ds.x_train.reshape(len(ds.x_train), -1).astype(np.float64)
+    if normalization == "zca":  # fully whitened on the training split: identity covariance
+        np.testing.assert_allclose(np.cov(flat, rowvar=False), np.eye(36), atol=1e-4)
+    else:  # pooled unit variance, correlations between neighbours mostly removed
+        assert flat.std() == pytest.approx(1.0, rel=1e-4)
+        corr = np.corrcoef(flat, rowvar=False)
+        raw = data.load_dataset(
+            "patches", images="skimage", patch_size=6, num_patches=3000,
+            normalization="none", seed=3,
+        )  # fmt: skip
+        raw_corr = np.corrcoef(raw.x_train.reshape(2400, -1), rowvar=False)
+        # These photographs fall off faster than 1/f (power ~f^-2.7), so the 1/f whitening
+        # leaves some correlation: 0.95 -> 0.58 here.
+        assert abs(corr[0, 1]) < abs(raw_corr[0, 1]) - 0.2
+
+
 # --------------------------------------------------------------------------------------------
 # manifolds
 
@@ -371,7 +438,9 @@ def test_bad_label_column(tmp_path):
     "kwargs, match",
     [
         ({"patch_size": 0}, r"patch_size must be an integer in \[1, 427\], got 0"),
-        ({"normalization": "zca"}, r"'zca'.*'ng', 'none'"),
+        ({"normalization": "pca"}, r"'pca'.*'ng', 'none', 'zca', 'whiten'"),
+        ({"images": "kodak"}, r"'kodak'.*'sklearn', 'skimage'"),
+        ({"zca_epsilon": -1.0}, r"zca_epsilon.*-1.0"),
         ({"num_patches": -5}, r"num_patches must be a positive integer, got -5"),
     ],
 )

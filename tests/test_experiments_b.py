@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from aecore.filters import filter_stats
 from experiments import exp_applications, exp_classifier, exp_denoising, exp_sparse
 
 
@@ -31,7 +32,7 @@ def test_filter_stats_separate_edges_from_noise():
     edge[2:6, 3] = 1.0
     edge[2:6, 4] = -1.0
     noise = np.random.default_rng(0).standard_normal((64, 50))
-    stats = exp_sparse.filter_stats(np.c_[edge.reshape(64, 1), noise], (8, 8))
+    stats = filter_stats(np.c_[edge.reshape(64, 1), noise], (8, 8))
     assert stats["spread"][0] < stats["spread"][1:].min()
     assert stats["orientedness"][0] > 0.7 > np.median(stats["orientedness"][1:])
 
@@ -43,7 +44,7 @@ def test_area50_counts_the_pixels_holding_half_the_energy():
     spike[5, 5], spike[5, 6] = 2.0, 1.0  # 4/5 of the energy in one pixel
     noise = np.random.default_rng(0).standard_normal((784, 200))
     kernel = np.c_[blob.reshape(784, 1), spike.reshape(784, 1), noise]
-    area = exp_sparse.filter_stats(kernel, (28, 28))["area50"]
+    area = filter_stats(kernel, (28, 28))["area50"]
     assert area[0] == 2 and area[1] == 1
     # white noise: energy ~ chi-squared(1), half of it in roughly the top 12% of pixels
     assert 70 < np.median(area[2:]) < 130

@@ -1,0 +1,226 @@
+"""Exact routes for a recognised chain (closed form, code-side chain with Gram or direct product)
+and their multiply-add costs; per-batch constants are computed once, outside the example vmap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aecore.jacobian import trace
+from aecore.jacobian.trace import Block, Chain
+
+STRUCTURED_PRODUCTS = ("direct", "gram")
+
+
+@jax.custom_vjp
+def gram(w: jax.Array) -> jax.Array:
+    """wᵀw [n, n] for w [r, n], with a one-matmul backward.
+
+    Plain autodiff of wᵀw pulls the cotangent back through both operands (two matmuls); since
+    the output is symmetric, dw = w (c + cᵀ) needs one.
+    """
+    return w.T @ w
+
+
+def _gram_fwd(w):
+    return w.T @ w, w
+
+
+def _gram_bwd(w, ct):
+    return (w @ (ct + ct.T),)
+
+
+gram.defvjp(_gram_fwd, _gram_bwd)
+
+
+@jax.custom_vjp
+def sym_quad(m: jax.Array, g: jax.Array) -> jax.Array:
+    """Σ_{k} (m_b g m_bᵀ)_kk = tr(m_b g m_bᵀ) per example for m [B, k, n], g [n, n] SYMMETRIC.
+
+    The forward product p = m g is kept: for symmetric g the cotangent of m is 2 ct_b p_b (no
+    matmul), and that of g is Σ_b ct_b m_bᵀ m_b, one [n, B·k] × [B·k, n] matmul. Plain autodiff
+    needs three such matmuls. Only valid for symmetric g (the caller passes a Gram matrix).
+    """
+    return _sym_quad_fwd(m, g)[0]
+
+
+def _sym_quad_fwd(m, g):
+    p = jnp.einsum("bkn,nm->bkm", m, g)  # [B, k, n]
+    return jnp.sum(p * m, axis=(1, 2)), (m, p)
+
+
+def _sym_quad_bwd(res, ct):
+    m, p = res
+    n = m.shape[-1]
+    ct_m = 2 * ct[:, None, None] * p
+    weighted = (ct[:, None, None] * m).reshape(-1, n)  # [B·k, n]
+    ct_g = weighted.T @ m.reshape(-1, n)  # a matmul: XLA:CPU sums over a leading axis slowly
+    return ct_m, ct_g
+
+
+sym_quad.defvjp(_sym_quad_fwd, _sym_quad_bwd)
+
+
+def structured_product(batch: int, code: int, n1: int, d: int) -> str:
+    """ "gram" or "direct": the cheaper last step of the structured route for a dense first map.
+
+    direct forms M W_1ᵀ: B·k·n_1·d. gram forms W_1ᵀW_1 once (d·n_1²) and M G: B·k·n_1². The
+    backward passes scale alike (2 matmuls of each size with the symmetric custom backward).
+    """
+    return "gram" if batch * code * n1 * n1 + d * n1 * n1 < batch * code * n1 * d else "direct"
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs, in multiply-adds per batch, from the shapes alone.
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape))
+
+
+def _matrix_cost(block: Block) -> int:
+    """Materialising a block's [n_out, n_in] matrix: free for x·W, else one map per basis vector."""
+    if block.isometric or trace.has_dense_matrix(block):
+        return 0
+    return min(_size(block.in_shape), _size(block.out_shape)) * trace.linear_macs(block)
+
+
+def route_costs(chain: Chain | None, batch: int, d: int, k: int, forward: int) -> dict[str, int]:
+    """Multiply-adds of every exact route that applies (`forward`: one forward pass)."""
+    costs = {"jacrev": batch * (forward + k * forward), "jacfwd": batch * (forward + d * forward)}
+    if chain is None:
+        return costs
+    lin, segs = chain.linear, chain.segments
+    first = lin[0]
+    rn_cost = trace.linear_macs(first)
+    if not trace.row_norms_propagate(first):
+        rn_cost += _matrix_cost(first) + _size(first.in_shape) * _size(first.out_shape)
+    if not segs or (len(segs) == 1 and lin[-1].isometric):
+        costs["closed_form"] = batch * forward + rn_cost
+        return costs
+    n_l = len(segs)
+    if lin[-1].isometric:
+        prev = lin[n_l - 1]
+        chain_cost = _matrix_cost(prev) + batch * k * _size(prev.in_shape)
+        pulled = range(1, n_l - 1)
+    else:
+        chain_cost = _matrix_cost(lin[-1]) + batch * k * _size(lin[-1].in_shape)
+        pulled = range(1, n_l)
+    chain_cost += sum(batch * k * trace.linear_macs(lin[i]) for i in pulled)
+    base = batch * forward + chain_cost
+    s1 = _size(first.out_shape)
+    if first.isometric:
+        costs["structured/direct"] = base + batch * k * s1
+        return costs
+    costs["structured/direct"] = base + batch * k * trace.linear_macs(first)
+    costs["structured/gram"] = (
+        base + batch * k * s1 * s1 + _matrix_cost(first) + _size(first.in_shape) * s1 * s1
+    )
+    return costs
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation. `env` holds the program's x-independent values (parameters), computed per batch.
+
+
+@dataclasses.dataclass
+class Context:
+    chain: Chain
+    env: dict
+
+    def dtype(self, i: int):
+        return self.chain.program.avals[i].dtype
+
+
+def _flat_linear(ctx: Context, block: Block):
+    def f(v):
+        v = v.reshape(block.in_shape)
+        return trace.run(block.ops, ctx.env, block.src, v, linear_part=True).reshape(-1)
+
+    return f
+
+
+def matrix(ctx: Context, block: Block) -> jax.Array:
+    """[n_out, n_in] matrix of the block's linear map (once per batch)."""
+    m = trace.dense_matrix(block, ctx.env)
+    if m is not None:
+        return m
+    n_in, n_out = _size(block.in_shape), _size(block.out_shape)
+    zero = jnp.zeros(n_in, ctx.dtype(block.src))
+    jac = jax.jacfwd if n_in <= n_out else jax.jacrev
+    return jac(_flat_linear(ctx, block))(zero)
+
+
+def pull(ctx: Context, block: Block, rows: jax.Array) -> jax.Array:
+    """rows · A for rows [k, n_out]: each row pulled back through the linear map, [k, n_in]."""
+    zero = jnp.zeros(_size(block.in_shape), ctx.dtype(block.src))
+    _, vjp = jax.vjp(_flat_linear(ctx, block), zero)
+    rows = rows.astype(ctx.dtype(block.dst))
+    return jax.vmap(lambda r: vjp(r)[0])(rows)
+
+
+def row_norms(ctx: Context, block: Block) -> jax.Array:
+    """Squared row norms of A_0, flattened [n_out] (once per batch)."""
+    rn = None
+    if trace.row_norms_propagate(block):
+        rn = trace.row_norms_sq(block, ctx.env, block.in_shape, ctx.dtype(block.src))
+    if rn is None:
+        rn = jnp.sum(matrix(ctx, block) ** 2, axis=1)
+    return rn.reshape(-1)
+
+
+def diagonals(ctx: Context, xi: jax.Array) -> list[jax.Array]:
+    """g'(a) of every elementwise segment for one example, each flattened: a jvp with ones."""
+    val, out = xi, []
+    for lin, seg in zip(ctx.chain.linear, ctx.chain.segments, strict=False):
+        a = trace.run(lin.ops, ctx.env, lin.src, val)
+
+        def seg_fn(v, seg=seg):
+            return trace.run(seg.ops, ctx.env, seg.src, v)
+
+        val, d = jax.jvp(seg_fn, (a,), (jnp.ones_like(a),))
+        out.append(d.reshape(-1))
+    return out
+
+
+def code_side(ctx: Context, ds: list[jax.Array], mats: dict) -> jax.Array:
+    """M = A_L D_L A_{L−1} ⋯ A_1 D_1 for one example, [k, n_1], chained from the code side."""
+    lin, n_l = ctx.chain.linear, len(ds)
+    if lin[-1].isometric:  # a permutation of the code: ‖·‖_F does not see it
+        if n_l == 1:
+            return jnp.diag(ds[0])
+        # The leading D_L is diagonal: a broadcast against a per-batch matrix, not a matmul.
+        r = ds[-1][:, None] * mats[n_l - 1] * ds[-2][None, :]
+        start = n_l - 2
+    else:
+        r = mats[n_l] * ds[-1][None, :]
+        start = n_l - 1
+    for i in range(start, 0, -1):
+        r = pull(ctx, lin[i], r) * ds[i - 1][None, :]
+    return r
+
+
+def chain_matrices(ctx: Context) -> dict[int, jax.Array]:
+    lin, n_l = ctx.chain.linear, len(ctx.chain.segments)
+    if lin[-1].isometric:
+        return {n_l - 1: matrix(ctx, lin[n_l - 1])} if n_l > 1 else {}
+    return {n_l: matrix(ctx, lin[n_l])}
+
+
+def final_step(ctx: Context, m: jax.Array, product: str, per_batch: dict) -> jax.Array:
+    """‖M A_0‖²_F per example for M [B, k, n_1]: by the Gram matrix of A_0 or directly."""
+    first = ctx.chain.linear[0]
+    if first.isometric:
+        return jnp.sum(m**2, axis=(1, 2))
+    if product == "gram":
+        return sym_quad(m, per_batch["gram"])
+    return jax.vmap(lambda mi: jnp.sum(pull(ctx, first, mi) ** 2))(m)
+
+
+def gram_of_first(ctx: Context) -> jax.Array:
+    """A_0 A_0ᵀ [n_1, n_1], once per batch, with the symmetric one-matmul backward."""
+    return gram(matrix(ctx, ctx.chain.linear[0]).T)

@@ -1,0 +1,326 @@
+"""The Jacobian-structure engine on encoders a user writes: soundness against vmap(jacrev).
+
+Random chains (dense, conv, reshape, elementwise pieces) and random chain-breakers; every value
+and every parameter gradient is compared with an explicit vmap(jacrev) in float64.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aecore import jacobian
+
+ACTS = {
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "elu": jax.nn.elu,
+    "gelu": jax.nn.gelu,
+    "softplus": jax.nn.softplus,
+    "swish_jnp": lambda a: a * (1 / (1 + jnp.exp(-a))),
+}
+BREAKERS = ("skip", "branch_product", "layer_norm", "stop_gradient", "data_where")
+SHAPE = (4, 4, 1)  # one example; fixed for every hypothesis example
+
+
+def _reference(fn, x):
+    return jax.vmap(lambda xi: jnp.sum(jax.jacrev(fn)(xi) ** 2))(x)
+
+
+def _assert_exact(make_fn, params, x, mode="auto", rtol=1e-10, gradients=True):
+    """Values and parameter gradients of the engine equal vmap(jacrev)'s."""
+
+    def pen(p, use_ref):
+        fn = make_fn(p)
+        return _reference(fn, x) if use_ref else jacobian.frobenius_sq(fn, x, mode=mode)
+
+    def value_and_grad(use_ref):
+        return jax.jit(jax.value_and_grad(lambda p: jnp.sum(pen(p, use_ref)), has_aux=False))
+
+    got, ref = jax.jit(pen, static_argnums=1)(params, False), pen(params, True)
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-13)
+    if not gradients:
+        return
+    g_got = value_and_grad(False)(params)[1]
+    g_ref = value_and_grad(True)(params)[1]
+    for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-12)
+
+
+def _conv(h, k, stride, padding):
+    return jax.lax.conv_general_dilated(
+        h[None], k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )[0]
+
+
+@st.composite
+def chains(draw):
+    """A random chain's pieces: conv (while image-shaped), dense, reshape, activations."""
+    pieces, image, channels = [], True, 1
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["conv", "dense", "reshape"] if image else ["dense"]))
+        if kind == "conv":
+            stride = draw(st.sampled_from([1, 2])) if channels == 1 else 1
+            pieces.append(("conv", channels, stride, draw(st.sampled_from(["SAME", "VALID"]))))
+            channels = 2
+        else:
+            pieces.append((kind,))
+            image = False
+        act = draw(st.sampled_from([None, *ACTS]))
+        if act is not None:
+            pieces.append(("act", act))
+    return pieces, draw(st.integers(0, 2**16))
+
+
+def _apply(piece, p, i, h):
+    if piece[0] == "conv":
+        return _conv(h, p[f"k{i}"], piece[2], piece[3])
+    if piece[0] == "reshape":
+        return h.reshape(-1)
+    if piece[0] == "dense":
+        return h.reshape(-1) @ p[f"w{i}"] + p[f"b{i}"]
+    return ACTS[piece[1]](h)
+
+
+def _build(chain, x0):
+    """(fn(params, x_i), params) of a random chain, float64 weights drawn from its seed."""
+    pieces, seed = chain
+    keys = iter(jax.random.split(jax.random.key(seed), 2 * len(pieces)))
+    params, h = {}, x0
+    for i, piece in enumerate(pieces):
+        if piece[0] == "conv":
+            params[f"k{i}"] = 0.5 * jax.random.normal(next(keys), (3, 3, piece[1], 2), x0.dtype)
+        if piece[0] == "dense":
+            n = int(np.prod(h.shape))
+            params[f"w{i}"] = jax.random.normal(next(keys), (n, 5), x0.dtype) / np.sqrt(n)
+            params[f"b{i}"] = 0.1 * jax.random.normal(next(keys), (5,), x0.dtype)
+        h = _apply(piece, params, i, h)
+
+    def fn(p, xi):
+        h = xi
+        for i, piece in enumerate(pieces):
+            h = _apply(piece, p, i, h)
+        return h.reshape(-1)
+
+    return fn, params
+
+
+PROPS = settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@PROPS
+@given(chain=chains())
+def test_random_chains_are_exact_in_values_and_parameter_gradients(x64, chain):
+    x = jax.random.normal(jax.random.key(7), (3, *SHAPE), jnp.float64)
+    fn, params = _build(chain, x[0])
+    report = jacobian.explain(functools.partial(fn, params), x)
+    assert report.fallback is None, (chain, report)
+    # The structured routes are checked even where the cost model prefers autodiff.
+    modes = ["auto"] if report.choice not in ("jacrev", "jacfwd") else ["auto", "structured"]
+    for mode in modes:
+        _assert_exact(lambda p: functools.partial(fn, p), params, x, mode=mode)
+
+
+def _breaker(name, p, h):
+    if name == "skip":
+        return h + jnp.tanh(h @ p["s"])
+    if name == "branch_product":
+        return (h @ p["s"]) * jnp.tanh(h)
+    if name == "layer_norm":
+        c = h - jnp.mean(h)
+        return c / jnp.sqrt(jnp.mean(c**2) + 1e-3)
+    if name == "stop_gradient":
+        return jnp.tanh(h) * jax.lax.stop_gradient(h)
+    return jnp.where(jnp.sum(h) > 0, jnp.tanh(h), h)  # data-dependent where
+
+
+@PROPS
+@given(
+    chain=chains(),
+    breaker=st.sampled_from(BREAKERS),
+    tail=st.sampled_from([None, "tanh", "relu"]),
+)
+def test_random_chain_breakers_fall_back_and_stay_exact(x64, chain, breaker, tail):
+    x = jax.random.normal(jax.random.key(8), (3, *SHAPE), jnp.float64)
+    inner, params = _build(chain, x[0])
+    n = int(np.prod(jax.eval_shape(functools.partial(inner, params), x[0]).shape))
+    params["s"] = jax.random.normal(jax.random.key(3), (n, n), jnp.float64) / np.sqrt(n)
+
+    def fn(p, xi):
+        h = _breaker(breaker, p, inner(p, xi))
+        return ACTS[tail](h) if tail else h
+
+    report = jacobian.explain(functools.partial(fn, params), x)
+    assert report.fallback is not None and report.choice in ("jacrev", "jacfwd"), report
+    # The fallback IS autodiff: its gradients would be compared with themselves; the values
+    # guard against a misread structure all the same.
+    _assert_exact(lambda p: functools.partial(fn, p), params, x, gradients=False)
+
+
+# --- encoders a user writes: nnx layers, plain jnp, linen, under jit / vmap / chunking ----------
+
+
+class _TwoLinear(nnx.Module):
+    def __init__(self, dtype):
+        rngs = nnx.Rngs(0)
+        self.a = nnx.Linear(12, 7, rngs=rngs, param_dtype=dtype)
+        self.b = nnx.Linear(7, 3, rngs=rngs, param_dtype=dtype)
+
+    def __call__(self, x):
+        return jax.nn.gelu(self.b(jax.nn.silu(self.a(x.reshape(-1)))))
+
+
+class _ConvNet(nnx.Module):
+    def __init__(self, dtype):
+        self.conv = nnx.Conv(1, 3, (3, 3), strides=2, rngs=nnx.Rngs(0), param_dtype=dtype)
+
+    def __call__(self, x):
+        return jax.nn.relu(self.conv(x)).reshape(-1)
+
+
+def _user_encoders(dtype):
+    w = jax.random.normal(jax.random.key(0), (12, 5), dtype) / 3
+    plain = lambda v: jnp.tanh(v.reshape(-1) @ w)  # noqa: E731 - closes over an array
+    shared = jax.random.normal(jax.random.key(1), (12, 12), dtype) / 4
+    tied = lambda v: jnp.tanh(shared @ jnp.tanh(shared @ v.reshape(-1)))  # noqa: E731
+    return {
+        "nnx-two-linear": (
+            _TwoLinear(dtype),
+            (12,),
+            "dense 12→7 · silu · dense 7→3 · integer_pow+mul+add+tanh",
+        ),
+        "nnx-conv": (_ConvNet(dtype), (8, 8, 1), "conv 8x8→4x4x3 · relu"),
+        "plain-jnp": (plain, (12,), "dense 12→5 · tanh"),
+        "weight-shared": (tied, (12,), "dense 12→12 · tanh · dense 12→12 · tanh"),
+    }
+
+
+@pytest.mark.parametrize("name", ["nnx-two-linear", "nnx-conv", "plain-jnp", "weight-shared"])
+def test_user_encoders_take_the_structured_routes_and_agree_with_finite_differences(x64, name):
+    from test_jacobian import fd_jacobian_sq
+
+    fn, shape, structure = _user_encoders(jnp.float64)[name]
+    x = jax.random.normal(jax.random.key(2), (3, *shape), jnp.float64)
+    report = jacobian.explain(fn, x)
+    assert report.structure == structure and report.fallback is None
+    assert report.choice not in ("jacrev", "jacfwd"), str(report)
+    np.testing.assert_allclose(jacobian.frobenius_sq(fn, x), fd_jacobian_sq(fn, x), rtol=1e-6)
+    np.testing.assert_allclose(jacobian.frobenius_sq(fn, x), _reference(fn, x), rtol=1e-12)
+
+
+def test_nnx_module_parameter_gradients_match_jacrev_to_1e10(x64):
+    x = jax.random.normal(jax.random.key(2), (4, 12), jnp.float64)
+    model = _TwoLinear(jnp.float64)
+    for mode in ("auto", "structured"):
+        got = nnx.grad(lambda m, mode=mode: jnp.sum(jacobian.frobenius_sq(m, x, mode=mode)))(model)
+        ref = nnx.grad(lambda m: jnp.sum(_reference(m, x)))(model)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_linen_apply_partial_is_a_chain(x64):
+    linen = pytest.importorskip("flax.linen")
+
+    class Enc(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.sigmoid(linen.Dense(4, param_dtype=jnp.float64)(x.reshape(-1)))
+
+    x = jax.random.normal(jax.random.key(2), (3, 6), jnp.float64)
+    params = Enc().init(jax.random.key(0), x[0])
+    fn = functools.partial(Enc().apply, params)
+    assert jacobian.explain(fn, x).choice == "closed_form"
+    np.testing.assert_allclose(jacobian.frobenius_sq(fn, x), _reference(fn, x), rtol=1e-12)
+
+
+def test_float32_jit_vmap_and_chunking_on_a_user_conv():
+    model = _ConvNet(jnp.float32)
+    x = jax.random.uniform(jax.random.key(3), (7, 8, 8, 1))
+    ref = _reference(model, x)
+    jitted = jax.jit(lambda m, xb: jacobian.frobenius_sq(m, xb))(model, x)
+    np.testing.assert_allclose(jitted, ref, rtol=1e-5)
+    for chunk in (1, 3, 7):
+        got = jacobian.frobenius_sq(model, x, chunk_size=chunk)
+        np.testing.assert_allclose(got, ref, rtol=1e-5)
+    # vmap over two batches: the trace sees one example of one batch at a time
+    both = jax.vmap(lambda xb: jacobian.frobenius_sq(model, xb))(jnp.stack([x, 2 * x]))
+    np.testing.assert_allclose(both[0], ref, rtol=1e-5)
+
+
+def test_frobenius_sq_diff_on_user_chains_matches_explicit_jacobians(x64):
+    for name in ("nnx-two-linear", "nnx-conv"):
+        fn, shape, _ = _user_encoders(jnp.float64)[name]
+        x = jax.random.normal(jax.random.key(4), (3, *shape), jnp.float64)
+        x2 = x + 0.1 * jax.random.normal(jax.random.key(5), x.shape, jnp.float64)
+        ja, jb = jacobian.jacobian(fn, x), jacobian.jacobian(fn, x2)
+        expected = jnp.sum((ja - jb).reshape(3, -1) ** 2, axis=1)
+        for mode in ("auto", "structured", "jacrev"):
+            got = jacobian.frobenius_sq_diff(fn, x, x2, mode=mode, chunk_size=2)
+            np.testing.assert_allclose(got, expected, rtol=1e-10, err_msg=f"{name} {mode}")
+
+
+def test_forcing_a_structured_route_on_a_non_chain_names_the_primitive_and_line():
+    def skip(v):
+        return v + jnp.tanh(v)[::-1]
+
+    x = jnp.ones((2, 5))
+    report = jacobian.explain(skip, x)
+    assert report.structure == "not a chain" and "test_jacobian_engine.py" in report.fallback
+    for mode in ("structured", "closed_form"):
+        with pytest.raises(ValueError, match=r"^mode .* is not one \(\w+ at .*\n?") as err:
+            jacobian.frobenius_sq(skip, x, mode=mode)
+        assert "\n" not in str(err.value)
+
+
+def _shape_op_encoders():
+    k = jax.random.normal(jax.random.key(0), (3, 3, 1, 4), jnp.float64) / 3
+    kg = jax.random.normal(jax.random.key(1), (3, 3, 2, 4), jnp.float64) / 3
+    w = jax.random.normal(jax.random.key(2), (16, 6), jnp.float64) / 4
+    c = jax.random.normal(jax.random.key(3), (16,), jnp.float64)
+
+    def conv(h, kernel, **kw):
+        return jax.lax.conv_general_dilated(
+            h[None],
+            kernel,
+            (1, 1),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            **kw,
+        )[0]
+
+    return {
+        "slice-pad-concat": lambda v: jnp.tanh(
+            jnp.concatenate([jnp.pad(v.reshape(-1)[2:14], 2) * c, jnp.ones(3)]) @ jnp.ones((19, 4))
+        ),
+        "reduce-broadcast": lambda v: jnp.tanh(
+            jnp.broadcast_to(jnp.sum(v.reshape(4, 4), axis=0), (3, 4)).reshape(-1)
+        ),
+        "transpose-div-sub": lambda v: jax.nn.sigmoid((1.0 - v.reshape(4, 4).T / 3.0).reshape(-1)),
+        "grouped-conv": lambda v: jnp.tanh(
+            conv(jnp.tanh(conv(v, k)), kg, feature_group_count=2)
+        ).reshape(-1),
+        "conv-transpose": lambda v: jnp.tanh(
+            conv(jnp.tanh(conv(v, k)), jnp.ones((2, 2, 4, 1)) / 4, lhs_dilation=(2, 2))
+        ).reshape(-1),
+        "linear-tail": lambda v: jnp.tanh(v.reshape(-1) @ w) @ w.T[:, :5],
+        "linear-only": lambda v: (v.reshape(-1) @ w) * 2.0,
+        "elementwise-first": lambda v: jnp.tanh(jax.nn.softplus(v.reshape(-1)) @ w),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_shape_op_encoders()))
+def test_shape_ops_and_linear_variants_stay_exact(x64, name):
+    fn = _shape_op_encoders()[name]
+    x = jax.random.normal(jax.random.key(5), (3, *SHAPE), jnp.float64)
+    report = jacobian.explain(fn, x)
+    assert report.fallback is None, str(report)
+    for route in report.costs:
+        got = jacobian.frobenius_sq_route(fn, x, route)
+        np.testing.assert_allclose(got, _reference(fn, x), rtol=1e-10, err_msg=route)
