@@ -361,6 +361,17 @@ def first_paragraph(doc: str) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
+def parse_args(
+    p: argparse.ArgumentParser, argv: list[str] | None, *, default_data: str
+) -> argparse.Namespace:
+    """`p.parse_args(argv)` with --data resolved: `default_data`, or "digits" with --quick (the
+    quick runs are sized, and their checks stated, for digits)."""
+    args = p.parse_args(argv)
+    if args.data is None:
+        args.data = "digits" if args.quick else default_data
+    return args
+
+
 def main_for(
     run: Callable[[argparse.Namespace], dict[str, Any]],
     doc: str,
@@ -372,10 +383,8 @@ def main_for(
     description = first_paragraph(doc)
 
     def main(argv: list[str] | None = None) -> dict[str, Any]:
-        args = parser(description, default_data=default_data).parse_args(argv)
-        if args.data is None:  # quick runs are sized, and their checks stated, for digits
-            args.data = "digits" if args.quick else default_data
-        return run(args)
+        p = parser(description, default_data=default_data)
+        return run(parse_args(p, argv, default_data=default_data))
 
     return main
 

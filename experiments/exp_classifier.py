@@ -332,7 +332,8 @@ def _plot_table(path, table) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """The common flags plus --seeds (repeats with seeds --seed, --seed + 1, ...)."""
-    p = common.parser(common.first_paragraph(__doc__), default_data=common.mnist_10k_or_digits())
+    default_data = common.mnist_10k_or_digits()
+    p = common.parser(common.first_paragraph(__doc__), default_data=default_data)
     p.add_argument(
         "--seeds",
         type=int,
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="number of seeds (split, pre-training, fine-tuning); >= 2 adds mean ± SE and "
         "paired tests of the published ordering",
     )
-    return run(p.parse_args(argv))
+    return run(common.parse_args(p, argv, default_data=default_data))
 
 
 if __name__ == "__main__":
