@@ -40,6 +40,15 @@ def _leaf_key(i: int) -> str:
     return f"leaf_{i:05d}"
 
 
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
+
+
+def _raw(x):
+    """Typed PRNG keys (RNG streams of nnx.Dropout & co.) are stored as their key data."""
+    return jax.random.key_data(x) if _is_key(x) else x
+
+
 def _describe(tree) -> list[dict[str, Any]]:
     """One entry per array of `tree`: its key path, shape and dtype (stored as JSON)."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
@@ -50,7 +59,7 @@ def _describe(tree) -> list[dict[str, Any]]:
 
 
 def _as_dict(tree) -> dict[str, jax.Array]:
-    return {_leaf_key(i): x for i, x in enumerate(jax.tree.leaves(tree))}
+    return {_leaf_key(i): _raw(x) for i, x in enumerate(jax.tree.leaves(tree))}
 
 
 def _shapes(desc: list[dict[str, Any]]) -> dict[str, tuple[int, ...]]:
@@ -229,10 +238,18 @@ def _abstract(tree) -> dict[str, jax.ShapeDtypeStruct]:
     }
 
 
+def _cook(template_leaf, array):
+    if _is_key(template_leaf):
+        return jax.random.wrap_key_data(array, impl=jax.random.key_impl(template_leaf))
+    return array
+
+
 def _fill(template, arrays: dict[str, jax.Array]):
     """`template`'s structure with the restored arrays in leaf order."""
-    treedef = jax.tree.structure(template)
-    return jax.tree.unflatten(treedef, [arrays[_leaf_key(i)] for i in range(treedef.num_leaves)])
+    leaves, treedef = jax.tree.flatten(template)
+    return jax.tree.unflatten(
+        treedef, [_cook(leaf, arrays[_leaf_key(i)]) for i, leaf in enumerate(leaves)]
+    )
 
 
 def latest_step(directory: str | os.PathLike[str]) -> int | None:

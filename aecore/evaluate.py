@@ -1,5 +1,9 @@
 """Evaluation of trained autoencoders: codes, reconstructions, exact Jacobian norms and spectra,
 saturation, linear probes, PCA subspace angles and contraction curves (NumPy outputs).
+
+Every function takes any model of the `aecore.models` protocol: the input shape comes from the
+data (checked against the model with `jax.eval_shape`), and the model runs in
+`models.eval_mode` (Dropout off, BatchNorm running averages).
 """
 
 from __future__ import annotations
@@ -10,25 +14,28 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from aecore import _checks, jacobian, losses
-from aecore.models import MLPDecoder, MLPEncoder, TiedDecoder
+from aecore import _checks, jacobian, losses, models
 from aecore.objective import Objective, reconstruction
 
 # --------------------------------------------------------------------------------------------
 # Input checks and batching
 
 
-def input_shape(model) -> tuple[int, ...]:
-    """The per-example input shape the model's encoder was built for."""
-    shape = getattr(model.encoder, "input_shape", None)
-    if shape is None:
-        raise TypeError(f"cannot read input_shape from encoder {type(model.encoder).__name__}")
-    return tuple(shape)
+def input_shape(model) -> tuple[int, ...] | None:
+    """The per-example input shape the model declares (`model.encoder.input_shape` or
+    `model.input_shape`), or None when it declares none (then the data's shape is used)."""
+    for owner in (getattr(model, "encoder", None), model):
+        shape = getattr(owner, "input_shape", None)
+        if shape is not None:
+            return tuple(int(s) for s in shape)
+    return None
 
 
 def _param_dtype(model):
-    for leaf in jax.tree.leaves(model):
+    state = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else model
+    for leaf in jax.tree.leaves(state):
         if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
             return leaf.dtype
     return jnp.float32
@@ -37,8 +44,10 @@ def _param_dtype(model):
 def _check_x(model, x, name: str = "x") -> np.ndarray:
     """x as a NumPy array of the model's parameter dtype, after checking its shape."""
     x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"{name} must be examples [N, *input_shape], got {name}.shape {x.shape}")
     expected = input_shape(model)
-    if x.ndim < 1 or tuple(x.shape[1:]) != expected:
+    if expected is not None and tuple(x.shape[1:]) != expected:
         raise ValueError(
             f"{name} must have shape [N, *input_shape] = [N, {', '.join(map(str, expected))}] "
             f"for this model (input_shape {expected}), got {name}.shape {x.shape}"
@@ -46,7 +55,13 @@ def _check_x(model, x, name: str = "x") -> np.ndarray:
     if x.shape[0] == 0:
         raise ValueError(f"{name} holds no examples (shape {x.shape})")
     # Strict dtype promotion: feed the parameters' dtype, never mix float32 and float64.
-    return x.astype(np.dtype(_param_dtype(model)), copy=False)
+    x = x.astype(np.dtype(_param_dtype(model)), copy=False)
+    models.check_protocol(model, x.shape[1:], x.dtype)
+    return x
+
+
+def _encode_eval(model, x):  # [B, *input_shape] -> [B, d_z], eval mode
+    return models.apply_batch(lambda m, xi: m.encode(xi), models.eval_mode(model), x)[0]
 
 
 def _batched(fn: Callable, model, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -67,22 +82,24 @@ def _batched(fn: Callable, model, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 @jax.jit
 def _encode_batch(model, x):  # [B, *input_shape] -> [B, d_z]
-    return jax.vmap(model.encode)(x)
+    return _encode_eval(model, x)
 
 
 @jax.jit
 def _reconstruct_batch(model, x):
-    return jax.vmap(model)(x)
+    m = models.eval_mode(model)
+    return models.apply_batch(lambda mm, xi: mm.decode(mm.encode(xi)), m, x)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("loss",))
 def _reconstruction_batch(model, x, *, loss):  # [B]
-    return reconstruction(model, x, jax.vmap(model.encode)(x), loss=loss)
+    m = models.eval_mode(model)
+    return reconstruction(m, x, _encode_eval(m, x), loss=loss)
 
 
 @functools.partial(jax.jit, static_argnames=("mode",))
 def _frobenius_sq_batch(model, x, *, mode):  # [B]
-    return jacobian.frobenius_sq(model.encode, x, mode=mode)
+    return jacobian.frobenius_sq(models.eval_mode(model).encode, x, mode=mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +198,8 @@ def jacobian_spectrum(model, x, *, max_examples: int = 200) -> np.ndarray:
     """
     _checks.check_positive_int("max_examples", max_examples)
     x = _check_x(model, x)[:max_examples]
-    jac = np.asarray(jax.jit(lambda m, xb: jacobian.jacobian(m.encode, xb))(model, jnp.asarray(x)))
+    jac = jax.jit(lambda m, xb: jacobian.jacobian(models.eval_mode(m).encode, xb))
+    jac = np.asarray(jac(model, jnp.asarray(x)))
     jac = jac.reshape(jac.shape[0], jac.shape[1], -1).astype(np.float64)  # [n, k, d]
     return np.linalg.svd(jac, compute_uv=False)
 
@@ -190,29 +208,61 @@ def jacobian_spectrum(model, x, *, max_examples: int = 200) -> np.ndarray:
 # Saturation
 
 
-def code_activation(model) -> str:
-    """Name of the activation of the code layer (the encoder's last dense layer)."""
-    enc = model.encoder
-    if isinstance(enc, MLPEncoder):
-        return enc.layers[-1].activation
+def code_activation(model) -> str | None:
+    """Name of the code layer's activation as the model declares it, or None.
+
+    Read from `model.encoder.code_activation` (a user encoder can set it), else from the last
+    layer with an `activation` name in `model.encoder.layers` or `model.encoder.code`.
+    """
+    enc = getattr(model, "encoder", None)
+    declared = getattr(enc, "code_activation", None) or getattr(model, "code_activation", None)
+    if isinstance(declared, str):
+        return declared
+    layers = getattr(enc, "layers", None)
+    if (
+        layers is not None
+        and len(layers)
+        and isinstance(getattr(layers[-1], "activation", None), str)
+    ):
+        return layers[-1].activation
     code = getattr(enc, "code", None)
-    if code is not None and hasattr(code, "activation"):
+    if isinstance(getattr(code, "activation", None), str):
         return code.activation
-    raise TypeError(f"cannot find the code layer of encoder {type(enc).__name__}")
+    return None
 
 
-def saturation(model, x, *, tol: float = 0.05) -> float:
-    """Fraction of (example, code unit) pairs whose code unit is saturated.
+SATURATION_RULES = ("sigmoid", "tanh", "relu", "softplus", "identity")
+
+
+def saturation(model, x, *, tol: float = 0.05, activation: str | None = None) -> float:
+    """Fraction of (example, code unit) pairs whose code unit is saturated, from the code values.
 
     Saturated means, by the code activation: sigmoid h < tol or h > 1 − tol; tanh |h| > 1 − tol;
     relu h == 0 (a dead unit on that example); softplus h < tol (its flat side; it has no upper
     saturation); identity never (returns 0.0). Contractive training drives codes into these flat
     regions, where g' ≈ 0 (Rifai et al., 2011, §5).
+
+    Args:
+      model: any model of the protocol.
+      x: examples [N, *input_shape].
+      tol: the distance to the flat region that counts as saturated, in [0, 0.5).
+      activation: the code activation whose rule applies; None reads it from the model
+        (`code_activation`), which a user encoder declares with `code_activation = "sigmoid"`.
+
+    Raises:
+      TypeError: the activation is neither given nor declared (says how to give it).
     """
     tol = float(tol)
     if not 0.0 <= tol < 0.5:
         raise ValueError(f"tol must lie in [0, 0.5), got {tol}")
-    act = code_activation(model)
+    act = activation if activation is not None else code_activation(model)
+    if act is None:
+        enc = getattr(model, "encoder", model)
+        raise TypeError(
+            f"saturation needs the code activation of encoder {type(enc).__name__}: pass "
+            f"activation= (one of {SATURATION_RULES}) or set code_activation on the encoder"
+        )
+    _checks.check_choice("code activation", act, SATURATION_RULES)
     h = encode(model, x).astype(np.float64)
     if act == "sigmoid":
         sat = (h < tol) | (h > 1.0 - tol)
@@ -222,10 +272,8 @@ def saturation(model, x, *, tol: float = 0.05) -> float:
         sat = h == 0.0
     elif act == "softplus":
         sat = h < tol
-    elif act == "identity":
-        sat = np.zeros(h.shape, dtype=bool)
     else:
-        raise ValueError(f"no saturation rule for code activation {act!r}")
+        sat = np.zeros(h.shape, dtype=bool)
     return float(np.mean(sat))
 
 
@@ -330,20 +378,24 @@ def principal_angles(a, b) -> np.ndarray:
     return angles[::-1].copy()
 
 
-def decoder_basis(model) -> np.ndarray:
-    """The [d, k] matrix whose column space the decoder's last weight spans (x_hat lies in it up
-    to the bias, for a linear decoder).
+def decoder_basis(model, code_dim: int | None = None) -> np.ndarray:
+    """The [d, k] Jacobian of the decoder's pre-output at the code h = 0, ∂decode_logits/∂h.
 
-    Untied MLP decoder: the last dense layer's kernel is [k, d], so its transpose. Tied decoder:
-    the first encoder layer's kernel [d, n_1] (the decoder's last weight is W_1ᵀ).
+    For a linear decoder x̂ = W* h + c this is W* itself, whose column space x̂ − c lies in
+    (untied: the last kernel transposed; tied: the first encoder kernel W_1); read from the
+    computation, so it holds for any decoder. `code_dim` defaults to the model's code width.
     """
-    if isinstance(model.decoder, TiedDecoder):
-        return np.asarray(model.encoder.layers[0].kernel[...])
-    if isinstance(model.decoder, MLPDecoder):
-        return np.asarray(model.decoder.layers[-1].kernel[...]).T
-    raise TypeError(
-        f"pca_angles needs an MLP (tied or untied) decoder, got {type(model.decoder).__name__}"
-    )
+    if code_dim is None:
+        shape = input_shape(model)
+        if shape is None:
+            raise TypeError(
+                "decoder_basis needs code_dim= for a model that declares no input_shape"
+            )
+        code_dim = models.check_protocol(model, shape, _param_dtype(model))[0]
+    m = models.eval_mode(model)
+    h0 = jnp.zeros((code_dim,), _param_dtype(model))
+    jac = np.asarray(jax.jacfwd(m.decode_logits)(h0))  # [*input_shape, k]
+    return jac.reshape(-1, code_dim)
 
 
 def _flat(x) -> np.ndarray:
@@ -360,8 +412,10 @@ def pca_angles(model, x_train) -> np.ndarray:
     """
     from sklearn.decomposition import PCA
 
-    x = _flat(_check_x(model, x_train, "x_train"))
-    basis = decoder_basis(model).astype(np.float64)  # [d, k]
+    x_checked = _check_x(model, x_train, "x_train")
+    code_dim = models.check_protocol(model, x_checked.shape[1:], x_checked.dtype)[0]
+    x = _flat(x_checked)
+    basis = decoder_basis(model, code_dim).astype(np.float64)  # [d, k]
     k = basis.shape[1]
     if k > min(x.shape):
         raise ValueError(
@@ -435,14 +489,22 @@ def contraction_curve(
 
 
 def evaluate_model(
-    model, dataset, objective: Objective, *, max_examples: int = 2000, probe: bool = True
+    model,
+    dataset,
+    objective: Objective,
+    *,
+    max_examples: int = 2000,
+    probe: bool = True,
+    activation: str | None = None,
 ) -> dict[str, float]:
     """Summary metrics of a trained model on a `aecore.data.Dataset`, as plain Python floats.
 
     Keys: "reconstruction_error" (test split, `objective.loss`), "mean_jacobian_norm" (mean exact
     ‖J‖_F on the test split), "saturation" (code saturation on the test split), and, when the
     dataset has labels and probe=True, "linear_probe_accuracy" (probe trained on train codes,
-    scored on test codes). Each split is cut to its first `max_examples` examples.
+    scored on test codes). Each split is cut to its first `max_examples` examples. "saturation"
+    is left out when the code activation is neither declared by the model nor given as
+    `activation`.
     """
     _checks.check_positive_int("max_examples", max_examples)
     x_train = _check_x(model, dataset.x_train, "dataset.x_train")[:max_examples]
@@ -450,8 +512,9 @@ def evaluate_model(
     metrics = {
         "reconstruction_error": reconstruction_error(model, x_test, loss=objective.loss),
         "mean_jacobian_norm": float(np.mean(jacobian_norms(model, x_test))),
-        "saturation": saturation(model, x_test),
     }
+    if activation is not None or code_activation(model) is not None:
+        metrics["saturation"] = saturation(model, x_test, activation=activation)
     if probe and dataset.y_train is not None and dataset.y_test is not None:
         result = linear_probe(
             encode(model, x_train),

@@ -1,7 +1,25 @@
-"""Per-example autoencoder modules: encoder h = g(W x + b), decoder x_hat = f(W* h + c).
+"""Per-example autoencoder modules (encoder h = g(W x + b), decoder x_hat = f(W* h + c)) and the
+model protocol that every aecore function (objective, train, evaluate) relies on.
 
-Every module maps ONE example; batch with `jax.vmap` at the call site, so `jax.jacrev(model.encode)`
-is the exact Jacobian of one example.
+The model protocol (what `fit`, `objective_terms` and `aecore.evaluate` call):
+  - `model.encode(x)`: ONE example of shape `input_shape` -> a code vector `[d_z]`.
+  - `model.decode_logits(h)`: one code `[d_z]` -> the decoder's pre-output, shape `input_shape`.
+  - `model.decode(h)`: `f(decode_logits(h))`, the reconstruction.
+  - `model.output`: the name of f, "sigmoid" or "identity". It pairs with the loss:
+    "cross_entropy" reads `decode_logits` and needs output="sigmoid" (data in [0, 1]);
+    "squared_error" reads `decode` (equal to the logits when output="identity").
+  Batch with `jax.vmap` (or `apply_batch`) at the call site, so `jax.jacrev(model.encode)` is the
+  exact Jacobian of one example. `Autoencoder(encoder, decoder, output=)` turns any two callables
+  (flax.nnx modules, plain functions) into such a model: the encoder is called `encoder(x)`, the
+  decoder `decoder(h)`; a decoder that reuses the encoder's weights (tied) sets the class
+  attribute `uses_encoder = True` and is called `decoder(h, encoder)`, so each weight exists
+  once in the model (one array, one gradient, one optimizer update).
+
+Modules may hold non-parameter state: RNG streams (`nnx.Dropout`), batch statistics
+(`nnx.BatchNorm(..., axis_name=BATCH_AXIS)`, which reduces over the examples of a batch under
+`apply_batch`) or any `nnx.Variable`. Training differentiates the `nnx.Param` state only and
+carries the rest; `eval_mode` gives the deterministic view used by evaluation and by the
+Jacobian penalties.
 """
 
 from __future__ import annotations
@@ -130,8 +148,7 @@ class MLPDecoder(nnx.Module):
             ]
         )
 
-    def __call__(self, h: jax.Array, encoder: MLPEncoder | None = None) -> jax.Array:
-        del encoder
+    def __call__(self, h: jax.Array) -> jax.Array:  # [d_z] -> [*output_shape]
         for layer in self.layers:
             h = layer(h)
         return h.reshape(self.output_shape)
@@ -140,9 +157,12 @@ class MLPDecoder(nnx.Module):
 class TiedDecoder(nnx.Module):
     """Decoder whose weights are the encoder's, transposed: W*_l = W_lᵀ, in reverse order.
 
-    It holds only its own biases: the weights are read from the encoder passed at call time, so
-    the model has ONE array per weight and one gradient step moves encoder and decoder together.
+    It holds only its own biases: the weights are read from the encoder passed at call time
+    (`uses_encoder`, see the module docstring), so the model has ONE array per weight and one
+    gradient step moves encoder and decoder together.
     """
+
+    uses_encoder = True
 
     def __init__(
         self,
@@ -258,8 +278,7 @@ class ConvDecoder(nnx.Module):
             ]
         )
 
-    def __call__(self, h: jax.Array, encoder=None) -> jax.Array:
-        del encoder
+    def __call__(self, h: jax.Array) -> jax.Array:  # [d_z] -> [H, W, C]
         y = self.dense(h).reshape(self.start)
         for i, deconv in enumerate(self.deconvs):
             y = deconv(y)
@@ -273,23 +292,37 @@ class Autoencoder(nnx.Module):
 
     `decode_logits` returns the pre-output W* h + c, which the cross-entropy loss consumes
     directly so that it stays finite at saturated outputs.
+
+    Args:
+      encoder: any callable mapping ONE example to a code vector (an nnx module, a function).
+      decoder: any callable mapping one code to the pre-output (shape of one example); called
+        `decoder(h)`, or `decoder(h, encoder)` when it sets `uses_encoder = True` (tied).
+      output: the output activation f, "sigmoid" (pair with cross-entropy) or "identity"
+        (pair with squared error).
     """
 
-    def __init__(self, encoder, decoder, *, output: str):
+    def __init__(self, encoder: Callable, decoder: Callable, *, output: str):
         _checks.check_choice("output activation", output, OUTPUTS)
+        for name, part in (("encoder", encoder), ("decoder", decoder)):
+            if not callable(part):
+                raise TypeError(
+                    f"{name} must be callable (an nnx module or a function), got {part!r}"
+                )
         self.encoder = encoder
         self.decoder = decoder
         self.output = output
 
     @property
     def tied(self) -> bool:
-        return isinstance(self.decoder, TiedDecoder)
+        return bool(getattr(self.decoder, "uses_encoder", False))
 
     def encode(self, x: jax.Array) -> jax.Array:  # [*input_shape] -> [d_z]
         return self.encoder(x)
 
     def decode_logits(self, h: jax.Array) -> jax.Array:  # [d_z] -> [*input_shape]
-        return self.decoder(h, self.encoder)
+        if self.tied:
+            return self.decoder(h, self.encoder)
+        return self.decoder(h)
 
     def decode(self, h: jax.Array) -> jax.Array:
         return ACTIVATIONS[self.output](self.decode_logits(h))
@@ -394,6 +427,155 @@ def make_autoencoder(
     return Autoencoder(enc, dec, output=output)
 
 
-def weight_arrays(model: nnx.Module) -> list[jax.Array]:
-    """All weight matrices and conv kernels of a model (arrays of rank >= 2), biases excluded."""
-    return [p for p in jax.tree.leaves(model) if p.ndim >= 2]
+def weight_arrays(model) -> list[jax.Array]:
+    """All weight matrices and conv kernels (`nnx.Param` arrays of rank >= 2), biases excluded.
+
+    Non-parameter state (RNG keys, batch statistics) is never a weight.
+    """
+    return [p for p in jax.tree.leaves(nnx.state(model, nnx.Param)) if p.ndim >= 2]
+
+
+# --------------------------------------------------------------------------------------------
+# Modes and batching of modules with non-parameter state
+
+BATCH_AXIS = "batch"  # axis name of the examples under `apply_batch` (nnx.BatchNorm axis_name)
+_NOT_STATEFUL = nnx.Not(nnx.Any(nnx.Param, nnx.RngState))
+
+
+def eval_mode(model):
+    """The model with Dropout off and BatchNorm on its running averages (shares the arrays).
+
+    Evaluation, the eval steps of `fit` and every Jacobian penalty use this view: the penalty is
+    the exact ‖J‖²_F of the deterministic map x -> h. A model without such layers is returned
+    unchanged.
+    """
+    if not isinstance(model, nnx.Module):
+        return model
+    return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
+
+
+def train_mode(model):
+    """The model with Dropout active and BatchNorm on batch statistics (shares the arrays)."""
+    if not isinstance(model, nnx.Module):
+        return model
+    return nnx.view(model, deterministic=False, use_running_average=False, raise_if_not_found=False)
+
+
+def has_rng_state(model) -> bool:
+    """True when the model holds RNG streams (e.g. nnx.Dropout with rngs)."""
+    return isinstance(model, nnx.Module) and bool(jax.tree.leaves(nnx.state(model, nnx.RngKey)))
+
+
+def apply_batch(fn: Callable, model, *xs: jax.Array, key: jax.Array | None = None):
+    """Applies `fn(model, *one_example)` to every example of the batches `xs` ([B, ...] each).
+
+    A model without non-parameter state is plainly vmapped. Otherwise each example sees its own
+    RNG keys, derived from `key` (`jax.random.fold_in(key, i)` for the i-th RNG stream, split
+    into B keys): the module's stored keys are never advanced, so a run's randomness is a pure
+    function of the step key (deterministic resumes). The examples share the axis name
+    `BATCH_AXIS` (`nnx.BatchNorm(axis_name=BATCH_AXIS)` reduces over them); state a module
+    writes per example (batch statistics) is averaged over the batch.
+
+    Without `key`, the RNG streams keep their stored keys (right in eval mode, where nothing
+    draws; in training mode every example would draw the same numbers).
+
+    Returns:
+      (outputs [B, ...], updates): `updates` is an `nnx.State` of the written non-parameter,
+      non-RNG state (empty when there is none), to be merged into the carried state.
+    """
+    if not isinstance(model, nnx.Module) or not jax.tree.leaves(
+        nnx.state(model, nnx.Not(nnx.Param))
+    ):
+        return jax.vmap(lambda *a: fn(model, *a))(*xs), nnx.State({})
+    graphdef, rng, rest = nnx.split(model, nnx.RngKey, ...)
+    n = xs[0].shape[0]
+    leaves, treedef = jax.tree.flatten(rng)
+    if key is None:
+        rng_axes = None
+    else:
+        rng_axes = 0
+        rng = jax.tree.unflatten(
+            treedef, [jax.random.split(jax.random.fold_in(key, i), n) for i in range(len(leaves))]
+        )
+
+    def one(rng_i, *a):
+        m = nnx.merge(graphdef, rng_i, rest, copy=True)
+        return fn(m, *a), nnx.state(m, _NOT_STATEFUL)
+
+    in_axes = (rng_axes, *([0] * len(xs)))
+    out, updates = jax.vmap(one, in_axes=in_axes, axis_name=BATCH_AXIS)(rng, *xs)
+    return out, jax.tree.map(_batch_value, updates)
+
+
+def _batch_value(u: jax.Array) -> jax.Array:
+    """One value of state written per example [B, ...]: exact when all examples agree (unchanged
+    state, BatchNorm statistics reduced over BATCH_AXIS), else the batch mean."""
+    same = jnp.all(u == u[:1])
+    return jnp.where(same, u[0], jnp.mean(u, axis=0).astype(u.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Protocol check: one example through encode and decode, abstractly (no FLOPs)
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).strip().split("\n")[0].split())
+    return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def check_protocol(model, example_shape: Sequence[int], dtype) -> tuple[int, ...]:
+    """Checks, with `jax.eval_shape`, that `model` maps ONE example of `example_shape` to a code
+    vector and the code back to `example_shape`; raises a one-line error naming what is wrong.
+
+    Returns:
+      The code shape `(d_z,)`.
+
+    Raises:
+      TypeError: the model lacks a protocol method or attribute, or one of them fails on one
+        example (says whether it looks written for batches).
+      ValueError: encode does not return a vector, or decode returns another shape (names both).
+    """
+    example_shape = tuple(int(s) for s in example_shape)
+    for attr in ("encode", "decode_logits", "decode"):
+        if not callable(getattr(model, attr, None)):
+            raise TypeError(
+                f"{type(model).__name__} has no method {attr}(); a model needs encode(x), "
+                "decode_logits(h), decode(h) and output (see aecore.models), e.g. "
+                "aecore.Autoencoder(encoder, decoder, output='sigmoid')"
+            )
+    output = getattr(model, "output", None)
+    if output not in OUTPUTS:
+        raise ValueError(f"model.output must be one of {OUTPUTS}, got {output!r}")
+    m = eval_mode(model)
+    x1 = jax.ShapeDtypeStruct(example_shape, dtype)
+    try:
+        h = jax.eval_shape(m.encode, x1)
+    except Exception as e:
+        raise TypeError(
+            f"encode must map ONE example of shape {example_shape} to a vector; it raised "
+            f"{_first_line(e)} — is it written for batches? batch with jax.vmap at the call site"
+        ) from None
+    if not hasattr(h, "shape") or len(h.shape) != 1:
+        shape = getattr(h, "shape", type(h).__name__)
+        hint = (
+            " (written for batches? it kept a batch axis)"
+            if len(getattr(h, "shape", ())) > 1
+            else ""
+        )
+        raise ValueError(
+            f"encode must map ONE example of shape {example_shape} to a code vector [d_z], "
+            f"got {shape}{hint}"
+        )
+    try:
+        out = jax.eval_shape(m.decode_logits, h)
+    except Exception as e:
+        raise TypeError(
+            f"decode must map ONE code of shape {h.shape} to an example of shape "
+            f"{example_shape}; it raised {_first_line(e)}"
+        ) from None
+    if getattr(out, "shape", None) != example_shape:
+        raise ValueError(
+            f"decode maps a code of shape {h.shape} to shape {getattr(out, 'shape', None)}, but "
+            f"the examples have shape {example_shape}"
+        )
+    return tuple(h.shape)

@@ -1,16 +1,22 @@
-"""One training objective for every autoencoder variant: a reconstruction loss plus any set of
-weighted regularizers and an input corruption, described by a frozen `Objective`.
+"""One training objective for every autoencoder variant: a reconstruction loss plus a list of
+weighted terms (`regularizers.Term`, built-in or user-written) and an input corruption.
+
+Nothing else in aecore knows the list of terms: `Objective.terms()` builds it from the keyword
+fields (the built-in regularizers) plus `extra_terms`; `objective_terms` adds, logs and checks
+them all the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aecore import _checks, jacobian, losses, regularizers
+from aecore import _checks, jacobian, losses, models, regularizers
+from aecore.regularizers import Term
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,15 @@ class Objective:
         and `higher_order_samples` Monte-Carlo draws.
       corruption: "none", "mask" (drop probability `corruption_level`) or "gaussian"
         (std `corruption_level`); the reconstruction target stays the clean input.
+      extra_terms: user terms (`regularizers.Term(name, fn, weight)`), added after the built-in
+        ones; e.g. a contractive penalty on a hidden layer is
+        `regularizers.contractive_term(0.1, layer=lambda m, x: m.encoder.hidden(x), name="cae1")`.
+
+    Keys: from a step's key, the probes of an estimated contractive term take
+    `split(key)[1]` (only when `contractive_probes` > 0, so the exact objective's keys stay),
+    the corruption and CAE+H take the two halves of `split` of the rest, the model's own RNG
+    streams (Dropout) take `fold_in(key, 0)` via `models.apply_batch`, and the i-th extra term
+    `fold_in(key, 2 + i)`.
     """
 
     loss: str = "squared_error"
@@ -54,8 +69,15 @@ class Objective:
     higher_order_samples: int = 4
     corruption: str = "none"
     corruption_level: float = 0.0
+    extra_terms: Sequence[Term] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "extra_terms", tuple(self.extra_terms))
+        for t in self.extra_terms:
+            if not isinstance(t, Term):
+                raise TypeError(
+                    f"extra_terms must hold regularizers.Term(name, fn, weight), got {t!r}"
+                )
         _checks.check_choice("loss", self.loss, losses.LOSSES)
         for name in ("weight_decay", "l1", "kl", "contractive", "higher_order"):
             _checks.check_nonnegative(name, getattr(self, name))
@@ -73,15 +95,107 @@ class Objective:
             _checks.check_half_open_unit("corruption_level (mask q)", self.corruption_level)
         else:
             _checks.check_nonnegative("corruption_level", self.corruption_level)
+        names = [t.name for t in self._builtin_terms()] + [t.name for t in self.extra_terms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"objective term names must be unique, got {dup} more than once")
+
+    def terms(self) -> list[Term]:
+        """The built-in terms switched on by the fields (weight > 0), then `extra_terms`."""
+        return self._builtin_terms() + [t for t in self.extra_terms if t.weight != 0]
+
+    def _builtin_terms(self) -> list[Term]:
+        built = []
+        if self.weight_decay > 0:
+            built.append(regularizers.weight_decay_term(self.weight_decay))
+        if self.l1 > 0:
+            built.append(regularizers.l1_term(self.l1))
+        if self.kl > 0:
+            built.append(regularizers.kl_term(self.kl, rho=self.rho))
+        if self.contractive > 0:
+            built.append(
+                regularizers.contractive_term(
+                    self.contractive,
+                    mode=self.jacobian_mode,
+                    chunk_size=self.chunk_size,
+                    probes=self.contractive_probes,
+                )
+            )
+        if self.higher_order > 0:
+            built.append(
+                regularizers.higher_order_term(
+                    self.higher_order,
+                    sigma=self.higher_order_sigma,
+                    num_corruptions=self.higher_order_samples,
+                    mode=self.jacobian_mode,
+                    chunk_size=self.chunk_size,
+                )
+            )
+        return built
+
+    def describe(self) -> dict:
+        """A JSON-serialisable record (user terms by name and weight; their code is not stored)."""
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        record["extra_terms"] = [{"name": t.name, "weight": t.weight} for t in self.extra_terms]
+        return record
 
 
 def reconstruction(model, x: jax.Array, h: jax.Array, *, loss: str) -> jax.Array:
-    """Per-example reconstruction loss [B] of the clean target x from codes h [B, d_z]."""
-    logits = jax.vmap(model.decode_logits)(h)
+    """Per-example reconstruction loss [B] of the clean target x from codes h [B, d_z].
+
+    Decodes with the model as it is (pass `models.eval_mode(model)` for evaluation).
+    """
+    out, _ = models.apply_batch(lambda m, c: _decoder_output(m, c, loss), model, h)
+    return _loss_from_output(out, x, loss)
+
+
+def _decoder_output(model, h, loss: str):
+    """What the loss reads from one code: logits for cross-entropy or a linear output."""
+    if loss == "cross_entropy" or model.output == "identity":
+        return model.decode_logits(h)
+    return model.decode(h)
+
+
+def _loss_from_output(out, x, loss: str):
     if loss == "cross_entropy":
-        return losses.sigmoid_cross_entropy(logits, x)
-    x_hat = jax.vmap(model.decode)(h) if model.output != "identity" else logits
-    return losses.squared_error(x_hat, x)
+        return losses.sigmoid_cross_entropy(out, x)
+    return losses.squared_error(out, x)
+
+
+def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objective):
+    """`objective_terms` plus the non-parameter state the training-mode forward pass wrote.
+
+    Returns:
+      (total, terms, updates): `updates` is an `nnx.State` (batch statistics; empty for models
+      without such state) to merge into the carried state.
+    """
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be an aecore.Objective, got {type(objective).__name__}")
+    models.check_protocol(model, x.shape[1:], x.dtype)  # trace time only: shapes are static
+    if objective.contractive_probes > 0:  # split only here: the exact objective's keys stay
+        key, k_probe = jax.random.split(key)
+    else:
+        k_probe = None
+    k_corrupt, k_ho = jax.random.split(key)
+    x_tilde = regularizers.corrupt(
+        k_corrupt, x, kind=objective.corruption, level=objective.corruption_level
+    )
+
+    def forward(m, xi):  # one pass, so state written by encoder and decoder is kept together
+        h = m.encode(xi)
+        return h, _decoder_output(m, h, objective.loss)
+
+    (h, out), updates = models.apply_batch(forward, model, x_tilde, key=jax.random.fold_in(key, 0))
+    terms = {"reconstruction": jnp.mean(_loss_from_output(out, x, objective.loss))}
+    deterministic = models.eval_mode(model)
+    extra = {id(t): i for i, t in enumerate(objective.extra_terms)}
+    for term in objective.terms():
+        if id(term) in extra:
+            k = jax.random.fold_in(key, 2 + extra[id(term)])
+        else:
+            k = {"contractive": k_probe, "higher_order": k_ho}.get(term.name, k_ho)
+        terms[term.name] = term(deterministic, x, x_tilde, h, k)
+    return sum(terms.values()), terms, updates
 
 
 def objective_terms(
@@ -89,49 +203,9 @@ def objective_terms(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total loss (scalar, batch mean) and each of its terms, for a batch x [B, *input_shape].
 
-    Per-example terms are averaged over the batch; weight decay and KL are added once.
+    Per-example terms are averaged over the batch; scalar terms (weight decay, KL) are added
+    once. The reconstruction sees the model in its own mode (training: Dropout active, with
+    keys derived from `key`); every term sees `models.eval_mode(model)`.
     """
-    if objective.contractive_probes > 0:  # split only here: the exact objective's keys stay
-        key, k_probe = jax.random.split(key)
-    k_corrupt, k_ho = jax.random.split(key)
-    x_tilde = regularizers.corrupt(
-        k_corrupt, x, kind=objective.corruption, level=objective.corruption_level
-    )
-    h = jax.vmap(model.encode)(x_tilde)  # [B, d_z]
-    terms = {"reconstruction": jnp.mean(reconstruction(model, x, h, loss=objective.loss))}
-    if objective.weight_decay > 0:
-        terms["weight_decay"] = regularizers.weight_decay(model, weight=objective.weight_decay)
-    if objective.l1 > 0:
-        terms["l1"] = jnp.mean(regularizers.l1_sparsity(h, weight=objective.l1))
-    if objective.kl > 0:
-        terms["kl"] = regularizers.kl_sparsity(h, rho=objective.rho, weight=objective.kl)
-    if objective.contractive > 0 and objective.contractive_probes > 0:
-        estimate = jacobian.frobenius_sq_estimate(  # [B], an ESTIMATE of ‖J‖²_F
-            model.encode, x, k_probe, num_probes=objective.contractive_probes
-        )
-        terms["contractive"] = objective.contractive * jnp.mean(estimate)
-    elif objective.contractive > 0:
-        terms["contractive"] = jnp.mean(
-            regularizers.contractive(
-                model.encode,
-                x,
-                weight=objective.contractive,
-                mode=objective.jacobian_mode,
-                chunk_size=objective.chunk_size,
-            )
-        )
-    if objective.higher_order > 0:
-        mode = objective.jacobian_mode
-        terms["higher_order"] = jnp.mean(
-            regularizers.contractive_higher_order(
-                model.encode,
-                x,
-                k_ho,
-                weight=objective.higher_order,
-                sigma=objective.higher_order_sigma,
-                num_corruptions=objective.higher_order_samples,
-                mode="auto" if mode in ("structured", "closed_form") else mode,
-                chunk_size=objective.chunk_size,
-            )
-        )
-    return sum(terms.values()), terms
+    total, terms, _ = objective_with_state(model, x, key, objective)
+    return total, terms

@@ -2,14 +2,17 @@
 
 Per-example penalties return [B] (the caller averages); batch-level ones (KL sparsity) and
 parameter ones (weight decay) return a scalar. Corruptions return x_tilde; the target stays x.
+`Term` wraps a penalty for an `Objective`; the built-in terms below and user terms are the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from aecore import _checks, jacobian
 from aecore.models import weight_arrays
@@ -142,3 +145,144 @@ def contractive_higher_order(
         lambda e: jacobian.frobenius_sq_diff(encode, x, x + e, mode=mode, chunk_size=chunk_size)
     )(eps)
     return weight * jnp.mean(diffs, axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Terms: the one way a penalty enters an objective (built-in and user-written alike)
+
+TermFn = Callable[..., jax.Array]
+RESERVED_NAMES = ("loss", "reconstruction", "grad_norm", "finite", "eval_reconstruction")
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """A weighted penalty: `weight * mean_b fn(model, x, x_tilde, h, key)` is added to the loss.
+
+    `fn` is a plain pure function of
+      - `model`: the model in eval mode (`models.eval_mode`: Dropout off, BatchNorm running
+        averages), so a Jacobian penalty is the exact ‖J‖²_F of the deterministic map;
+      - `x` [B, *input_shape]: the clean batch; `x_tilde`: the corrupted batch the encoder saw;
+      - `h` [B, d_z]: the codes of `x_tilde` from the training-mode forward pass;
+      - `key`: a PRNG key of its own (see `Objective` for how it is derived).
+    It returns per-example values [B] (averaged over the batch) or one scalar (a batch-level or
+    parameter penalty, used as is). Its value times `weight` is logged under `name`.
+
+    Attributes:
+      name: the metric name (unique within an objective; not one of RESERVED_NAMES).
+      fn: the pure function above.
+      weight: the scale, a finite number >= 0 (0 switches the term off: it is not computed).
+    """
+
+    name: str
+    fn: TermFn
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"term name must be an identifier string, got {self.name!r}")
+        if self.name in RESERVED_NAMES:
+            raise ValueError(f"term name {self.name!r} is reserved; reserved: {RESERVED_NAMES}")
+        if not callable(self.fn):
+            raise TypeError(f"term {self.name!r}: fn must be callable, got {self.fn!r}")
+        _checks.check_nonnegative(f"term {self.name!r} weight", self.weight)
+
+    def __call__(self, model, x, x_tilde, h, key) -> jax.Array:
+        """weight * (batch mean of the per-example values, or the scalar), a scalar."""
+        values = jnp.asarray(self.fn(model, x, x_tilde, h, key))
+        shape = values.shape
+        if shape == (x.shape[0],):
+            values = jnp.mean(values)
+        elif shape != ():
+            raise ValueError(
+                f"term {self.name!r} must return per-example values of shape ({x.shape[0]},) "
+                f"or a scalar, got shape {shape}"
+            )
+        return self.weight * values
+
+
+def weight_decay_term(weight: float) -> Term:
+    """Term "weight_decay": λ Σ‖W‖²_F over the `nnx.Param` weights (biases excluded), scalar."""
+    return Term(
+        "weight_decay", lambda model, x, x_tilde, h, key: weight_decay(model, weight=1.0), weight
+    )
+
+
+def l1_term(weight: float) -> Term:
+    """Term "l1": λ Σ_i |h_i| on the code, per example."""
+    return Term("l1", lambda model, x, x_tilde, h, key: l1_sparsity(h, weight=1.0), weight)
+
+
+def kl_term(weight: float, *, rho: float) -> Term:
+    """Term "kl": β Σ_l KL(ρ‖ρ̂_l) on the batch's codes, scalar."""
+    _checks.check_open_unit("rho", rho)
+    return Term("kl", lambda model, x, x_tilde, h, key: kl_sparsity(h, rho=rho, weight=1.0), weight)
+
+
+def _encoder_fn(model, layer: Callable | None) -> Callable:
+    """One-example function whose Jacobian a penalty takes: `model.encode`, or `layer(model, x)`."""
+    if layer is None:
+        return model.encode
+    return lambda x1: layer(model, x1)
+
+
+def contractive_term(
+    weight: float,
+    *,
+    layer: Callable | None = None,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+    probes: int = 0,
+    name: str = "contractive",
+) -> Term:
+    """Term `name`: λ ‖J_x f(x)‖²_F at the clean input, per example, exact unless `probes` > 0.
+
+    Args:
+      weight: λ >= 0.
+      layer: None penalizes the code, `model.encode`; or a function `layer(model, x) -> vector`
+        of ONE example, e.g. `lambda m, x: m.encoder.hidden(x)`, to penalize a chosen hidden
+        layer of a deep encoder.
+      mode, chunk_size: the exact route, see `aecore.jacobian.frobenius_sq`.
+      probes: > 0 replaces the exact value by a Hutchinson ESTIMATE with that many probes
+        (`jacobian.frobenius_sq_estimate`, jvp), using the term's key.
+      name: the metric name (use another one for a second contractive term).
+    """
+    if isinstance(probes, bool) or not isinstance(probes, int | np.integer) or probes < 0:
+        raise ValueError(f"contractive_probes must be an integer >= 0, got {probes!r}")
+
+    def fn(model, x, x_tilde, h, key):
+        encode = _encoder_fn(model, layer)
+        if probes > 0:
+            return jacobian.frobenius_sq_estimate(encode, x, key, num_probes=probes)
+        return jacobian.frobenius_sq(encode, x, mode=mode, chunk_size=chunk_size)
+
+    return Term(name, fn, weight)
+
+
+def higher_order_term(
+    weight: float,
+    *,
+    sigma: float,
+    num_corruptions: int = 4,
+    layer: Callable | None = None,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+) -> Term:
+    """Term "higher_order": CAE+H's γ E_ε ‖J(x) − J(x + ε)‖²_F per example (its key draws ε)."""
+    _checks.check_nonnegative("higher-order sigma", sigma)
+    _checks.check_positive_int("num_corruptions", num_corruptions)
+    # The structured/closed-form routes take one batch; the difference needs two: auto picks.
+    mode = "auto" if mode in ("structured", "closed_form") else mode
+
+    def fn(model, x, x_tilde, h, key):
+        return contractive_higher_order(
+            _encoder_fn(model, layer),
+            x,
+            key,
+            weight=1.0,
+            sigma=sigma,
+            num_corruptions=num_corruptions,
+            mode=mode,
+            chunk_size=chunk_size,
+        )
+
+    return Term("higher_order", fn, weight)

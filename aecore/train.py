@@ -7,6 +7,7 @@ GPU, TPU, and on sharded inputs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -18,43 +19,88 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from aecore import _checks
+from aecore import _checks, models
 from aecore.checkpoint import Checkpointer
-from aecore.objective import Objective, objective_terms, reconstruction
+from aecore.objective import Objective, objective_with_state, reconstruction
+
+
+def _check_optimizer(optimizer) -> None:
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            "optimizer must be an optax.GradientTransformation (e.g. optax.chain("
+            f"optax.clip_by_global_norm(1.0), optax.adam(1e-3))), got {optimizer!r}"
+        )
+
+
+def init_optimizer(optimizer: optax.GradientTransformation, model):
+    """The optimizer state for `model`'s `nnx.Param` state (what the train step updates)."""
+    _check_optimizer(optimizer)
+    return optimizer.init(nnx.state(model, nnx.Param))
 
 
 def make_train_step(
-    objective: Objective, optimizer: optax.GradientTransformation, *, donate: bool = True
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    *,
+    donate: bool = True,
+    guard: bool = False,
 ) -> Callable:
     """Builds `step(model, opt_state, x, key) -> (model, opt_state, metrics)`, jitted once.
 
+    Only the `nnx.Param` state is differentiated and updated; the rest (RNG keys, batch
+    statistics, any other `nnx.Variable`) is carried, with the values the training-mode forward
+    pass wrote (see `models.apply_batch`). `opt_state` is `init_optimizer(optimizer, model)`.
+
     Args:
-      objective: what to minimise (loss, regularizers, corruption).
-      optimizer: any optax transformation.
+      objective: what to minimise (loss, terms, corruption).
+      optimizer: any optax.GradientTransformation (`optax.chain`, schedules, clipping, ...).
       donate: donate model and optimizer buffers to the step (in-place update on accelerators).
+      guard: the step takes a fifth argument `healthy` (a boolean scalar) and returns the INPUT
+        state unchanged when `healthy` is False or this step's loss or gradients are not finite;
+        `metrics["finite"]` is then False and stays False when fed back as `healthy`. This is how
+        `fit` keeps the last good state without reading `finite` on the host every step.
 
     Returns:
       The jitted step. `metrics` holds the total `loss`, each objective term, `grad_norm`, and
-      `finite` (False if the loss or any gradient is NaN/inf; the update is then still returned,
-      so the caller must check `finite` before keeping the new state).
+      `finite` (False if the loss or any gradient is NaN/inf; without `guard` the update is still
+      returned, so the caller must check `finite` before keeping the new state).
     """
+    _check_optimizer(optimizer)
 
     def step(model, opt_state, x, key):
-        (loss, terms), grads = jax.value_and_grad(
-            lambda m: objective_terms(m, x, key, objective), has_aux=True
-        )(model)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss_fn(p):
+            total, terms, updates = objective_with_state(
+                nnx.merge(graphdef, p, rest), x, key, objective
+            )
+            return total, (terms, updates)
+
+        (loss, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         # optax raises Python floats to int32 step counts (bias correction), which strict
         # dtype promotion rejects; the model's own math stays under the caller's setting.
         with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, opt_state, model)
-        model = optax.apply_updates(model, updates)
+            param_updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, param_updates)
+        model = nnx.merge(graphdef, params, nnx.merge_state(rest, updates))
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         return model, opt_state, {"loss": loss, **terms, "grad_norm": grad_norm, "finite": finite}
 
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    def guarded(model, opt_state, x, key, healthy):
+        new_model, new_opt_state, metrics = step(model, opt_state, x, key)
+        ok = healthy & metrics["finite"]
+        model, opt_state = jax.lax.cond(
+            ok, lambda: (new_model, new_opt_state), lambda: (model, opt_state)
+        )
+        return model, opt_state, {**metrics, "finite": ok}
+
+    return jax.jit(guarded if guard else step, donate_argnums=(0, 1) if donate else ())
 
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
@@ -67,10 +113,12 @@ class TrainConfig:
 
     Attributes:
       num_steps: optimizer steps in total (a resumed run counts from its checkpoint).
-      batch_size: examples per step (must not exceed the training set), or None for the whole
-        training set in every step (full batch, whatever its size).
+      batch_size: examples per step (must not exceed the training set); None: the whole
+        training set every step (full-batch). Ignored when `fit` is given an iterable of batches.
       learning_rate: optimizer step size.
-      optimizer: "adam", "adamw" or "sgd" (optax).
+      optimizer: "adam", "adamw" or "sgd" (optax), a shortcut: `fit(..., optimizer=)` takes any
+        optax.GradientTransformation instead (then `learning_rate`, `optimizer` and
+        `lr_schedule` are not used).
       seed: one integer from which initial weights, batch order and noise keys derive.
       log_every: steps between metric records.
       eval_every: steps between held-out evaluations (0: only at the end).
@@ -96,9 +144,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("num_steps", "batch_size", "log_every", "keep_checkpoints"):
-            if not (name == "batch_size" and self.batch_size is None):
-                _checks.check_positive_int(name, getattr(self, name))
+        for name in ("num_steps", "log_every", "keep_checkpoints"):
+            _checks.check_positive_int(name, getattr(self, name))
+        if self.batch_size is not None:
+            _checks.check_positive_int("batch_size", self.batch_size)
         for name in ("eval_every", "checkpoint_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -136,12 +185,19 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def batch_at(x: np.ndarray, step: int, *, batch_size: int, seed: int) -> np.ndarray:
-    """The batch of global step `step` (drop-remainder epochs), a pure function of its inputs."""
+def batch_at(
+    x: np.ndarray, step: int, *, batch_size: int, seed: int, order: np.ndarray | None = None
+) -> np.ndarray:
+    """The batch of global step `step` (drop-remainder epochs), a pure function of its inputs.
+
+    `order` is the step's epoch order when the caller already holds it (`fit` builds it once
+    per epoch); it must equal `epoch_order(seed, epoch, len(x))`.
+    """
     per_epoch = x.shape[0] // batch_size
     epoch, i = divmod(step, per_epoch)
-    idx = epoch_order(seed, epoch, x.shape[0])[i * batch_size : (i + 1) * batch_size]
-    return x[idx]
+    if order is None:
+        order = epoch_order(seed, epoch, x.shape[0])
+    return x[order[i * batch_size : (i + 1) * batch_size]]
 
 
 def _nonfinite_terms(metrics: dict) -> list[str]:
@@ -149,10 +205,12 @@ def _nonfinite_terms(metrics: dict) -> list[str]:
 
 
 def make_eval_step(objective: Objective) -> Callable:
-    """Builds `eval_step(model, x) -> [B]` per-example clean reconstruction loss, jitted."""
+    """Builds `eval_step(model, x) -> [B]` per-example clean reconstruction loss, jitted; the
+    model is evaluated in eval mode (`models.eval_mode`: Dropout off, BatchNorm averages)."""
 
     def eval_step(model, x):
-        h = jax.vmap(model.encode)(x)
+        model = models.eval_mode(model)
+        h, _ = models.apply_batch(lambda m, xi: m.encode(xi), model, x)
         return reconstruction(model, x, h, loss=objective.loss)
 
     return jax.jit(eval_step)
@@ -218,20 +276,63 @@ def _read_history(path: str, upto: int) -> list[dict]:
     return [r for r in records if r.get("step", 0) <= upto]
 
 
+class _ArrayBatches:
+    """Batches of global steps from an array: `batch_at`, with each epoch's order built once."""
+
+    def __init__(self, x: np.ndarray, batch_size: int, seed: int):
+        self.x, self.batch_size, self.seed = x, batch_size, seed
+        self.per_epoch = x.shape[0] // batch_size
+        self._epoch, self._order = None, None
+
+    def __call__(self, step: int) -> np.ndarray:
+        epoch = step // self.per_epoch
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, epoch_order(self.seed, epoch, self.x.shape[0])
+        return batch_at(self.x, step, batch_size=self.batch_size, seed=self.seed, order=self._order)
+
+
+def _is_array(data) -> bool:
+    return hasattr(data, "shape") and hasattr(data, "dtype") and not callable(data)
+
+
+def _check_batch_data(name: str, x, objective: Objective) -> None:
+    # Checked here, before any step: inside the jitted step the values are not concrete, and a
+    # cross-entropy on data outside [0, 1] would silently run the loss to -inf.
+    if getattr(x, "ndim", 0) < 2:
+        raise ValueError(
+            f"{name} must be examples [N, *input_shape], got shape {getattr(x, 'shape', None)}"
+        )
+    _checks.check_finite(name, x)
+    if objective.loss == "cross_entropy":
+        _checks.check_unit_interval(name, x)
+
+
 def fit(
     model,
     objective: Objective,
-    x_train: np.ndarray,
+    x_train,
     *,
     config: TrainConfig,
+    optimizer: optax.GradientTransformation | None = None,
     x_test: np.ndarray | None = None,
     workdir: str | None = None,
     run_config: dict | None = None,
 ) -> FitResult:
-    """Trains `model` on `x_train` [N, *input_shape] and returns the trained model and history.
+    """Trains `model` (any model of the `aecore.models` protocol) and returns it with its history.
 
-    Keys: step t uses `jax.random.fold_in(key, t)` and batch `batch_at(x, t)`, so the same seed
-    gives the same run, resumed or not.
+    Data: `x_train` is either an array [N, *input_shape], or an iterable of batches
+    [B, *input_shape], or a callable `batches(start_step) -> iterable`. For an array, step t
+    uses `batch_at(x_train, t)` (one epoch order built per epoch) and key
+    `jax.random.fold_in(key, t)`: the same seed gives the same run, and a resumed run is
+    bit-identical to an uninterrupted one. For an iterable, step t takes the next batch; at most
+    `num_steps` are taken and training ends early (saving a checkpoint) when it is exhausted.
+    Resuming restores model, optimizer state and step, then takes batches from the iterable AS
+    GIVEN (aecore does not skip any); pass a callable to get the batches of the resumed step
+    (bit-identical when it yields the same batches).
+
+    Modes and state: the step differentiates `nnx.Param` state only and carries the rest (RNG
+    keys, batch statistics); training runs the model in training mode (Dropout active, its keys
+    derived from the step key, see `models.apply_batch`), evaluation in `models.eval_mode`.
 
     With a `workdir`:
       - checkpoints go to WORKDIR/checkpoints every `checkpoint_every` steps and at the end
@@ -244,6 +345,10 @@ def fit(
     With `x_test`, the clean reconstruction loss on it is recorded as `eval_reconstruction`
     every `eval_every` steps and at the end.
 
+    The loop reads values on the host only at log, eval and checkpoint steps (no sync per step):
+    the step is built with `guard=True`, so after a non-finite step it keeps returning the last
+    good state until the loop next looks, then raises naming the first bad step.
+
     `config.data_parallel=True` shards each batch over a 1-D mesh of all devices (leading axis)
     and replicates parameters and optimizer state; the batch size must divide by the device
     count. On several hosts call `jax.distributed.initialize()` first in every process: each
@@ -253,8 +358,10 @@ def fit(
     Args:
       model: the initial model (used as is when there is no checkpoint to resume).
       objective: what to minimise.
-      x_train: training inputs [N, *input_shape].
+      x_train: training inputs [N, *input_shape], an iterable of batches, or a callable
+        `batches(start_step)` returning one.
       config: how to train.
+      optimizer: any optax.GradientTransformation; None builds `config.optimizer` by name.
       x_test: held-out inputs [M, *input_shape] for periodic evaluation, or None.
       workdir: directory for checkpoints and metric files, or None to keep everything in memory.
       run_config: JSON-serialisable description of the run, stored with each checkpoint.
@@ -265,36 +372,56 @@ def fit(
 
     Raises:
       TrainingDiverged: the loss or a gradient became NaN/inf; names the step and the terms.
-        The checkpoints on disk are left as they were (the last good one stays readable).
-      ValueError: bad batch size, or a checkpoint of a model of another shape.
+        The returned state is never kept: the checkpoints on disk are left as they were (the
+        last good one stays readable).
+      ValueError / TypeError: bad data, batch size, optimizer or model (one line, before any
+        side effect), or a checkpoint of a model of another shape.
       CheckpointError: the latest checkpoint is unreadable (never silently re-initialised).
     """
-    if config.batch_size is None:  # full batch: the whole training set, whatever its size
-        config = dataclasses.replace(config, batch_size=x_train.shape[0])
-    if config.batch_size > x_train.shape[0]:
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be an aecore.train.TrainConfig, got {type(config).__name__}")
+    custom_optimizer = optimizer is not None
+    if optimizer is None:
+        optimizer = make_optimizer(config)
+    _check_optimizer(optimizer)
+    batches = stream = None
+    if _is_array(x_train):
+        x_train = np.asarray(x_train)
+        _check_batch_data("x_train", x_train, objective)
+        batch_size = x_train.shape[0] if config.batch_size is None else config.batch_size
+        if batch_size > x_train.shape[0]:
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the {x_train.shape[0]} training examples"
+            )
+        batches = _ArrayBatches(x_train, batch_size, config.seed)
+        example = x_train[:1]
+    else:
+        if not (callable(x_train) or hasattr(x_train, "__iter__")):
+            raise TypeError(
+                "x_train must be an array [N, *input_shape], an iterable of batches or a "
+                f"callable batches(start_step), got {type(x_train).__name__}"
+            )
+        example = None
+    if x_test is not None:
+        x_test = np.asarray(x_test)
+        _check_batch_data("x_test", x_test, objective)
+    if example is not None and x_test is not None and x_test.shape[1:] != example.shape[1:]:
         raise ValueError(
-            f"batch_size {config.batch_size} exceeds the {x_train.shape[0]} training examples"
+            f"x_test examples have shape {x_test.shape[1:]}, x_train {example.shape[1:]}"
         )
-    # Checked here, before any step: inside the jitted step the values are not concrete, and a
-    # cross-entropy on data outside [0, 1] would silently run the loss to -inf.
-    for name, x in (("x_train", x_train), ("x_test", x_test)):
-        if x is not None:
-            _checks.check_finite(name, x)
-            if objective.loss == "cross_entropy":
-                _checks.check_unit_interval(name, x)
-    if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
-        raise ValueError(
-            f"x_test examples have shape {x_test.shape[1:]}, x_train {x_train.shape[1:]}"
-        )
-    optimizer = make_optimizer(config)
-    opt_state = optimizer.init(model)
+    if example is not None:
+        models.check_protocol(model, example.shape[1:], example.dtype)
+    opt_state = init_optimizer(optimizer, model)
     start = 0
     history: list[dict] = []
     ckpt = writer = None
     metrics_path = None
+    train_record = dataclasses.asdict(config)
+    if custom_optimizer:  # the transformation itself is code: record that it was not the name
+        train_record["optimizer"] = "custom optax.GradientTransformation"
     ckpt_config = {
-        "train": dataclasses.asdict(config),
-        "objective": dataclasses.asdict(objective),
+        "train": train_record,
+        "objective": objective.describe(),
         "run": run_config or {},
     }
     if workdir is not None:
@@ -314,19 +441,52 @@ def fit(
         return FitResult(
             model=model, opt_state=opt_state, step=start, history=history, start_step=start
         )
+    if batches is None:  # an iterable: check its first batch before any step
+        source = x_train(start) if callable(x_train) else x_train
+        stream = iter(source)
+        try:
+            first = next(stream)
+        except StopIteration:
+            raise ValueError("x_train yielded no batches") from None
+        first = np.asarray(first)
+        _check_batch_data("the first batch of x_train", first, objective)
+        if x_test is not None and x_test.shape[1:] != first.shape[1:]:
+            raise ValueError(
+                f"x_test examples have shape {x_test.shape[1:]}, x_train batches {first.shape[1:]}"
+            )
+        models.check_protocol(model, first.shape[1:], first.dtype)
+        stream = itertools.chain([first], stream)
 
     place_batch = jnp.asarray
     if config.data_parallel:
-        replicated, batch_sharding = _shardings(config.batch_size)
+        size = batches.batch_size if batches is not None else first.shape[0]
+        replicated, batch_sharding = _shardings(size)
         model, opt_state = jax.device_put((model, opt_state), replicated)
 
         def place_batch(x):
             return jax.make_array_from_callback(x.shape, batch_sharding, lambda idx: x[idx])
 
-    # donate=False: the pre-step state must survive a diverged step.
-    step_fn = make_train_step(objective, optimizer, donate=False)
+    # donate=False: the caller's model stays usable; guard=True keeps the last good state.
+    step_fn = make_train_step(objective, optimizer, donate=False, guard=True)
     eval_step = make_eval_step(objective)
     key = jax.random.key(config.seed)
+    healthy = jnp.asarray(True)
+    pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet looked at
+
+    def check_pending() -> None:
+        """Reads the pending `finite` flags (one host sync) and raises at the first bad step."""
+        if not pending:
+            return
+        flags = jax.device_get([m["finite"] for _, m in pending])
+        for (t, m), ok in zip(pending, flags, strict=True):
+            if not ok:
+                bad = _nonfinite_terms(m)
+                raise TrainingDiverged(
+                    f"non-finite values at step {t}: {', '.join(bad) or 'loss'}; "
+                    "the last good state and checkpoints are kept (lower the learning "
+                    "rate or the penalty weights)"
+                )
+        pending.clear()
 
     def save(step: int) -> None:
         if ckpt is not None:
@@ -339,23 +499,21 @@ def fit(
     bar = tqdm.tqdm(
         total=config.num_steps, initial=start, disable=not config.progress, desc="train"
     )
+    done = start
     try:
         with _StopSignals() as signals, bar:
             for step in range(start, config.num_steps):
-                x = place_batch(
-                    batch_at(x_train, step, batch_size=config.batch_size, seed=config.seed)
+                if batches is not None:
+                    xb = batches(step)
+                else:
+                    xb = next(stream, None)
+                    if xb is None:
+                        break
+                model, opt_state, metrics = step_fn(
+                    model, opt_state, place_batch(xb), jax.random.fold_in(key, step), healthy
                 )
-                new_model, new_opt_state, metrics = step_fn(
-                    model, opt_state, x, jax.random.fold_in(key, step)
-                )
-                if not bool(metrics["finite"]):
-                    bad = _nonfinite_terms(metrics)
-                    raise TrainingDiverged(
-                        f"non-finite values at step {step}: {', '.join(bad) or 'loss'}; "
-                        "the last good state and checkpoints are kept (lower the learning "
-                        "rate or the penalty weights)"
-                    )
-                model, opt_state = new_model, new_opt_state
+                healthy = metrics["finite"]
+                pending.append((step, metrics))
                 done = step + 1
                 bar.update(1)
                 last = done == config.num_steps
@@ -363,9 +521,15 @@ def fit(
                 evaluate = x_test is not None and (
                     last or (config.eval_every and done % config.eval_every == 0)
                 )
+                checkpoint_now = bool(config.checkpoint_every) and (
+                    done % config.checkpoint_every == 0
+                )
+                if log or evaluate or checkpoint_now or signals.received is not None:
+                    check_pending()
                 if log or evaluate:
                     record = {"step": done}
-                    record.update({k: float(v) for k, v in metrics.items() if k != "finite"})
+                    values = jax.device_get({k: v for k, v in metrics.items() if k != "finite"})
+                    record.update({k: float(v) for k, v in values.items()})
                     if evaluate:
                         record["eval_reconstruction"] = evaluate_reconstruction(
                             model, x_test, objective, eval_step=eval_step
@@ -379,12 +543,13 @@ def fit(
                         for k, v in record.items():
                             if k != "step":
                                 writer.add_scalar(k, v, done)
-                if config.checkpoint_every and done % config.checkpoint_every == 0:
+                if checkpoint_now:
                     save(done)
                 if signals.received is not None:
                     save(done)
                     signals.stop()
-        save(config.num_steps)
+        check_pending()
+        save(done)
     finally:
         if writer is not None:
             writer.close()
@@ -393,7 +558,7 @@ def fit(
     return FitResult(
         model=model,
         opt_state=opt_state,
-        step=config.num_steps,
+        step=done,
         history=history,
         start_step=start,
     )

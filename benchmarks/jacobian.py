@@ -25,7 +25,7 @@ import optax
 
 from aecore import jacobian, make_autoencoder
 from aecore.objective import Objective
-from aecore.train import make_train_step
+from aecore.train import init_optimizer, make_train_step
 
 ROUTES = (
     "plain",
@@ -115,7 +115,7 @@ class JaxRunner:
                 Objective(contractive=CONTRACTIVE, jacobian_mode=route), optimizer
             )
         model = spec.build()
-        opt_state = optimizer.init(model)
+        opt_state = init_optimizer(optimizer, model)
         if device is not None:
             model, opt_state, x = jax.device_put((model, opt_state, x), device)
         self.x = x

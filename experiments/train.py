@@ -25,7 +25,7 @@ from aecore.checkpoint import Checkpointer, CheckpointError
 from aecore.data import Dataset, load_dataset, normalize
 from aecore.models import make_autoencoder
 from aecore.objective import Objective
-from aecore.train import TrainConfig, fit, make_optimizer
+from aecore.train import TrainConfig, fit, init_optimizer, make_optimizer
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -412,7 +412,7 @@ def check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
         if ckpt.latest_step() is None:
             return
         try:
-            ckpt.restore(model, make_optimizer(train_config).init(model))
+            ckpt.restore(model, init_optimizer(make_optimizer(train_config), model))
         except ValueError as e:
             raise ValueError(
                 f"{e}; train in another workdir, continue the run saved there with its own "

@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from aecore import Objective, make_autoencoder
-from aecore.train import make_train_step
+from aecore.train import init_optimizer, make_train_step
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,14 @@ def test_tied_decoder_uses_encoder_weight_transposed_after_a_step():
     opt = optax.sgd(0.1)
     step = make_train_step(Objective(), opt, donate=False)
     x = jax.random.normal(jax.random.key(1), (8, 6))
-    new, _, _ = step(model, opt.init(model), x, jax.random.key(2))
+    opt_state = init_optimizer(opt, model)
+    # ONE gradient leaf and one optimizer slot for the shared weight: the Params are the
+    # encoder kernel, the encoder bias and the decoder bias (Adam: mu and nu each, one count).
+    params = nnx.state(model, nnx.Param)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(nnx.graphdef(model), p)(jnp.ones(6))))(params)
+    assert len(jax.tree.leaves(grads)) == 3
+    assert len(jax.tree.leaves(init_optimizer(optax.adam(1e-3), model))) == 2 * 3 + 1
+    new, _, _ = step(model, opt_state, x, jax.random.key(2))
     w = new.encoder.layers[0].kernel[...]
     assert not np.allclose(w, model.encoder.layers[0].kernel[...])  # the step moved it
     # Decoding uses exactly Wᵀ of the updated encoder weight: no separate decoder matrix exists.

@@ -332,7 +332,7 @@ def test_damaged_newest_step_is_reported_with_the_fallback(run_copy, damage):
     expected = rf"checkpoint step {step} in .* is unreadable .*; delete {newest} to resume from"
     with pytest.raises(checkpoint.CheckpointError, match=expected):
         checkpoint.restore_checkpoint(
-            ckpts, _model(), train.make_optimizer(_config()).init(_model())
+            ckpts, _model(), train.init_optimizer(train.make_optimizer(_config()), _model())
         )
     metrics_before = open(os.path.join(run_copy, "metrics.jsonl")).read()
     with pytest.raises(checkpoint.CheckpointError, match="unreadable"):  # never a silent re-init
@@ -352,7 +352,7 @@ def test_restore_never_unpickles(run_copy, monkeypatch):
     for name in ("load", "loads", "Unpickler"):
         monkeypatch.setattr(pickle, name, refuse)
     template = _model()
-    opt = train.make_optimizer(_config()).init(template)
+    opt = train.init_optimizer(train.make_optimizer(_config()), template)
     model, opt_state, step, config = checkpoint.restore_checkpoint(
         os.path.join(run_copy, "checkpoints"), template, opt
     )

@@ -131,14 +131,14 @@ def test_corrupted_checkpoint_is_an_error_not_a_reinit(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, monkeypatch):
     wd = str(tmp_path)
-    batch_at = train.batch_at
+    batch = train._ArrayBatches.__call__
 
-    def batch_at_then_signal(x, step, **kw):
+    def batch_then_signal(self, step):
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
-        return batch_at(x, step, **kw)
+        return batch(self, step)
 
-    monkeypatch.setattr(train, "batch_at", batch_at_then_signal)
+    monkeypatch.setattr(train._ArrayBatches, "__call__", batch_then_signal)
     with pytest.raises(SystemExit):
         train.fit(_model(), OBJ, _data(), config=_config(), workdir=wd)
     assert checkpoint.latest_step(os.path.join(wd, "checkpoints")) == 4
@@ -192,3 +192,39 @@ def test_cosine_schedule_decays_the_step_to_zero():
     np.testing.assert_allclose([steps[0], steps[5], steps[10]], [0.1, 0.05, 0.0], atol=1e-7)
     with pytest.raises(ValueError, match="'linear'"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_guarded_step_keeps_the_input_state_once_unhealthy():
+    import jax.numpy as jnp
+    import optax
+
+    opt = optax.sgd(0.1)
+    step = train.make_train_step(OBJ, opt, donate=False, guard=True)
+    model, x = _model(), jnp.asarray(_data(16))
+    state = train.init_optimizer(opt, model)
+    moved, _, ok = step(model, state, x, jax.random.key(0), jnp.asarray(True))
+    kept, _, not_ok = step(model, state, x, jax.random.key(0), jnp.asarray(False))
+    assert bool(ok["finite"]) and not bool(not_ok["finite"])
+    pairs = zip(_leaves(moved), _leaves(model), strict=True)
+    assert not all(np.array_equal(a, b) for a, b in pairs)
+    for a, b in zip(_leaves(kept), _leaves(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_callable_batches_resume_bit_identically(tmp_path):
+    x = _data()
+
+    def batches(start):  # the batches of steps start, start + 1, ...
+        return (train.batch_at(x, t, batch_size=16, seed=0) for t in range(start, 10**6))
+
+    full = train.fit(_model(), OBJ, batches, config=_config())
+    wd = str(tmp_path)
+    train.fit(_model(), OBJ, batches, config=_config(num_steps=6, checkpoint_every=3), workdir=wd)
+    resumed = train.fit(_model(), OBJ, batches, config=_config(), workdir=wd)
+    assert resumed.start_step == 6
+    for a, b in zip(_leaves(full.model), _leaves(resumed.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # ... and equal to the array form, which draws the same batches.
+    array = train.fit(_model(), OBJ, x, config=_config())
+    for a, b in zip(_leaves(full.model), _leaves(array.model), strict=True):
+        np.testing.assert_array_equal(a, b)
