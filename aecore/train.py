@@ -419,6 +419,8 @@ def fit(
     train_record = dataclasses.asdict(config)
     if custom_optimizer:  # the transformation itself is code: record that it was not the name
         train_record["optimizer"] = "custom optax.GradientTransformation"
+    if batches is not None:  # the batch size in force (None resolves to the training set)
+        train_record["batch_size"] = batches.batch_size
     ckpt_config = {
         "train": train_record,
         "objective": objective.describe(),
