@@ -5,6 +5,7 @@ model as one process with four devices; killing one ends the other cleanly; a ru
 two processes (or by one) equals the uninterrupted run.
 """
 
+import json
 import os
 import signal
 import socket
@@ -134,3 +135,27 @@ def test_a_peer_that_never_arrives_ends_with_one_line(tmp_path):
     assert p.returncode == 3
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("aecore:")]
     assert len(lines) == 1 and "process 1 is missing" in lines[0], p.stderr[-2000:]
+
+
+def test_readme_multihost_command_runs_as_written(tmp_path):
+    """README's two-process command (its interpreter's aecore and a free port put in)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        text = f.read()
+    block = text.split("<!-- multihost-command -->", 1)[1].split("```bash\n", 1)[1]
+    command = block.split("```", 1)[0].strip()
+    assert ".venv/bin/aecore" in command and "127.0.0.1:29517" in command
+    bindir = os.path.dirname(sys.executable)
+    command = command.replace(".venv/bin/", f"{bindir}/").replace("29517", str(_free_port()))
+    started = time.monotonic()
+    p = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+        timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert time.monotonic() - started < TIMEOUT_S
+    run = tmp_path / "runs" / "multihost"
+    with open(run / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["steps"] == 20 and np.isfinite(metrics["reconstruction_error"])
+    assert p.stdout.count("metrics and figures in") == 1  # process 0 alone reports
