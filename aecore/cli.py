@@ -17,9 +17,10 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-from aecore import configs
+from aecore import configs, distributed
 
 # `aecore encode` refuses inputs beyond the training data's [min, max] by more than this
 # fraction of its span (the codes of such inputs are extrapolations, often saturated).
@@ -104,6 +105,29 @@ def _parser() -> argparse.ArgumentParser:
         help="the workdir holds a run: delete it (its checkpoints, logs, metrics and figures; "
         "other files stay) and train CONFIG from scratch",
     )
+    mp = t.add_argument_group(
+        "several processes or machines",
+        "Data-parallel training over all processes' devices on JAX's distributed runtime: start "
+        "the same command once per process (every process reads the whole dataset and feeds its "
+        "own rows of each global batch; the workdir must be on storage all processes share). "
+        f"Flags win over ${distributed.ENV_COORDINATOR}, ${distributed.ENV_NUM_PROCESSES} and "
+        f"${distributed.ENV_PROCESS_ID}.",
+    )
+    mp.add_argument("--coordinator", metavar="HOST:PORT", help="where process 0 serves the run")
+    mp.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    mp.add_argument("--process-id", type=int, metavar="I", help="this process, in [0, N)")
+    mp.add_argument(
+        "--distributed",
+        action="store_true",
+        help="let JAX detect the cluster (SLURM, Open MPI, Kubernetes) for what is not given",
+    )
+    mp.add_argument(
+        "--join-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for every process to arrive (default 120)",
+    )
     e = sub.add_parser(
         "evaluate",
         help="re-evaluate a trained run and update its metrics.json",
@@ -163,6 +187,16 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
     from aecore import run as tr
 
     workdir = args.workdir or os.path.join("runs", args.config)
+    try:  # before anything touches a device: the run's devices span every process
+        distributed.initialize(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            auto=args.distributed,
+            join_timeout_s=args.join_timeout,
+        )
+    except ValueError as e:
+        raise UserError(_one_line(e)) from e
     try:
         config = configs.override(configs.get_config(args.config, quick=args.quick), overrides)
         if args.data is not None:
@@ -173,7 +207,9 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
     except tr.USER_ERRORS as e:
         raise UserError(_one_line(e)) from e
     metrics = tr.run_prepared(run)
-    _print_metrics(metrics, workdir)
+    if jax.process_index() == 0:
+        _print_metrics(metrics, workdir)
+    distributed.shutdown()
     return metrics
 
 
@@ -273,6 +309,10 @@ def main(argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None
     except Exception as e:
         from aecore.train import TrainingDiverged
 
+        if exit_on_error and isinstance(e, distributed.PeerLost):
+            # Python's normal exit would wait on the lost peer (runtime shutdown): leave now.
+            print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+            os._exit(distributed.EXIT_PEER_LOST)
         if not exit_on_error or not isinstance(e, UserError | TrainingDiverged):
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)

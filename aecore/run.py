@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from aecore import _checks, evaluate, plots
 from aecore.checkpoint import Checkpointer, CheckpointError
@@ -529,7 +530,8 @@ def prepare(
             f"dataset {ds.name!r}; use train.batch_size <= {n}, or none for the full batch"
         )
     devices = jax.device_count()
-    if train_config.data_parallel and batch_size % devices:
+    parallel = train_config.data_parallel or jax.process_count() > 1  # as `fit` decides
+    if parallel and batch_size % devices:
         raise ValueError(
             f"train.data_parallel=True needs train.batch_size divisible by the {devices} "
             f"devices, got {batch_size}; use a multiple of {devices}"
@@ -569,13 +571,18 @@ def remove_run(workdir: str) -> list[str]:
 def train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
     """Trains (or resumes) a `prepare`d run: (the fit result, the metrics it adds)."""
     started = time.perf_counter()
-    if run.overwrite and os.path.isdir(run.workdir):
-        removed = remove_run(run.workdir)
-        if removed:
-            warn(f"--overwrite: deleted the earlier run in {run.workdir} ({', '.join(removed)})")
-    os.makedirs(run.workdir, exist_ok=True)
-    write_json(os.path.join(run.workdir, CONFIG_FILE), run.cfg)
-    write_json(os.path.join(run.workdir, DATA_FILE), run.data_record)
+    if jax.process_index() == 0:  # in a multi-process run, process 0 writes the run's files
+        if run.overwrite and os.path.isdir(run.workdir):
+            removed = remove_run(run.workdir)
+            if removed:
+                warn(
+                    f"--overwrite: deleted the earlier run in {run.workdir} ({', '.join(removed)})"
+                )
+        os.makedirs(run.workdir, exist_ok=True)
+        write_json(os.path.join(run.workdir, CONFIG_FILE), run.cfg)
+        write_json(os.path.join(run.workdir, DATA_FILE), run.data_record)
+    if jax.process_count() > 1:  # nobody reads the workdir before process 0 has laid it out
+        multihost_utils.sync_global_devices("aecore_run_prepared")
     result = fit(
         run.model,
         run.objective,
@@ -594,6 +601,8 @@ def train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
 def run_prepared(run: Prepared, *, figures: bool = True) -> dict[str, Any]:
     """Trains (or resumes) a `prepare`d run, evaluates it, and writes its outputs."""
     result, metrics = train_prepared(run)
+    if jax.process_index() != 0:  # evaluation, metrics.json and figures: process 0 alone
+        return metrics
     return finish_run(
         result.model,
         run.ds,

@@ -20,9 +20,10 @@ import numpy as np
 import optax
 import tqdm
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from aecore import _checks, models
+from aecore import _checks, distributed, models
 from aecore.checkpoint import Checkpointer
 from aecore.objective import Objective, objective_with_state, reconstruction
 
@@ -217,13 +218,24 @@ def make_eval_step(objective: Objective) -> Callable:
 
 
 def evaluate_reconstruction(
-    model, x: np.ndarray, objective: Objective, *, batch_size: int = 512, eval_step=None
+    model,
+    x: np.ndarray,
+    objective: Objective,
+    *,
+    batch_size: int = 512,
+    eval_step=None,
+    place: Callable | None = None,
 ) -> float:
-    """Mean reconstruction loss of the clean inputs x [N, *input_shape] (no corruption)."""
+    """Mean reconstruction loss of the clean inputs x [N, *input_shape] (no corruption).
+
+    `place` puts each chunk on the devices (default `jnp.asarray`; a multi-process run
+    replicates it over the global mesh).
+    """
     eval_step = eval_step or make_eval_step(objective)
+    place = place or jnp.asarray
     total = 0.0
     for i in range(0, x.shape[0], batch_size):
-        total += float(jnp.sum(eval_step(model, jnp.asarray(x[i : i + batch_size]))))
+        total += float(jnp.sum(eval_step(model, place(x[i : i + batch_size]))))
     return total / x.shape[0]
 
 
@@ -255,16 +267,32 @@ class _StopSignals:
         raise SystemExit(128 + int(self.received))
 
 
-def _shardings(batch_size: int):
-    """(replicated, batch-sharded) NamedShardings over a 1-D mesh of all devices."""
-    devices = jax.devices()
-    if batch_size % len(devices):
-        raise ValueError(
-            f"data_parallel=True needs batch_size divisible by the {len(devices)} devices, "
-            f"got batch_size {batch_size}; use a multiple of {len(devices)}"
-        )
-    mesh = Mesh(np.array(devices), ("data",))
+def _shardings():
+    """(replicated, batch-sharded) NamedShardings over a 1-D mesh of all devices of all hosts."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+
+
+def _check_divides(batch_size: int) -> None:
+    n = jax.device_count()
+    if batch_size % n:
+        hosts = f" on {jax.process_count()} processes" if jax.process_count() > 1 else ""
+        raise ValueError(
+            f"data_parallel=True needs batch_size divisible by the {n} devices{hosts}, "
+            f"got batch_size {batch_size}; use a multiple of {n}"
+        )
+
+
+def _host_local(tree):
+    """A replicated multi-process pytree as arrays on this process's first device."""
+    device = jax.local_devices()[0]
+
+    def local(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return jax.device_put(a.addressable_data(0), device)
+        return a
+
+    return jax.tree.map(local, tree)
 
 
 def _read_history(path: str, upto: int) -> list[dict]:
@@ -284,11 +312,32 @@ class _ArrayBatches:
         self.per_epoch = x.shape[0] // batch_size
         self._epoch, self._order = None, None
 
-    def __call__(self, step: int) -> np.ndarray:
+    def _order_of(self, step: int) -> np.ndarray:
         epoch = step // self.per_epoch
         if epoch != self._epoch:
             self._epoch, self._order = epoch, epoch_order(self.seed, epoch, self.x.shape[0])
-        return batch_at(self.x, step, batch_size=self.batch_size, seed=self.seed, order=self._order)
+        return self._order
+
+    def __call__(self, step: int) -> np.ndarray:
+        order = self._order_of(step)
+        return batch_at(self.x, step, batch_size=self.batch_size, seed=self.seed, order=order)
+
+    def rows(self, step: int) -> _Rows:
+        """The batch of `step` as a lazy view: only the rows asked for are gathered."""
+        i = step % self.per_epoch
+        idx = self._order_of(step)[i * self.batch_size : (i + 1) * self.batch_size]
+        return _Rows(self.x, idx)
+
+
+class _Rows:
+    """x[idx] without the copy: `make_array_from_callback` reads only this process's shards."""
+
+    def __init__(self, x: np.ndarray, idx: np.ndarray):
+        self.x, self.idx = x, idx
+        self.shape = (len(idx), *x.shape[1:])
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return self.x[self.idx[key[0]]][(slice(None), *key[1:])]
 
 
 def _is_array(data) -> bool:
@@ -381,6 +430,10 @@ def fit(
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be an aecore.train.TrainConfig, got {type(config).__name__}")
+    multiprocess = jax.process_count() > 1
+    if multiprocess and not config.data_parallel:  # one model over all processes' devices
+        config = dataclasses.replace(config, data_parallel=True)
+    lead = jax.process_index() == 0  # the one process that logs, draws a bar and writes files
     if optimizer is None:
         optimizer = make_optimizer(config)
     _check_optimizer(optimizer)
@@ -394,6 +447,8 @@ def fit(
                 f"batch_size {batch_size} exceeds the {x_train.shape[0]} training examples"
             )
         batches = _ArrayBatches(x_train, batch_size, config.seed)
+        if config.data_parallel:
+            _check_divides(batch_size)
         example = x_train[:1]
     else:
         if not (callable(x_train) or hasattr(x_train, "__iter__")):
@@ -412,6 +467,10 @@ def fit(
     if example is not None:
         models.check_protocol(model, example.shape[1:], example.dtype)
     opt_state = init_optimizer(optimizer, model)
+    if config.data_parallel:
+        # Placed before any restore, so the checkpoint is read straight into the global layout.
+        replicated, batch_sharding = _shardings()
+        model, opt_state = jax.device_put((model, opt_state), replicated)
     start = 0
     history: list[dict] = []
     ckpt = writer = None
@@ -428,8 +487,11 @@ def fit(
             model, opt_state, start, _ = ckpt.restore(model, opt_state)
         metrics_path = os.path.join(workdir, "metrics.jsonl")
         history = _read_history(metrics_path, start)
-        with open(metrics_path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
+        if multiprocess:  # everyone has read the log before the lead rewrites it
+            multihost_utils.sync_global_devices("aecore_history_read")
+        if lead:
+            with open(metrics_path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in history)
     if start >= config.num_steps:
         if ckpt is not None:
             ckpt.close()
@@ -453,13 +515,19 @@ def fit(
         stream = itertools.chain([first], stream)
 
     place_batch = jnp.asarray
+    place_eval = None
     if config.data_parallel:
-        size = batches.batch_size if batches is not None else first.shape[0]
-        replicated, batch_sharding = _shardings(size)
-        model, opt_state = jax.device_put((model, opt_state), replicated)
+        if batches is None:
+            _check_divides(first.shape[0])
 
         def place_batch(x):
+            # Called for this process's devices only: each process gathers its own rows.
             return jax.make_array_from_callback(x.shape, batch_sharding, lambda idx: x[idx])
+
+        if multiprocess:
+
+            def place_eval(x):  # every process holds x_test: replicate it over the mesh
+                return jax.device_put(x, replicated)
 
     # donate=False: the caller's model stays usable; guard=True keeps the last good state.
     step_fn = make_train_step(objective, optimizer, donate=False, guard=True)
@@ -487,19 +555,19 @@ def fit(
         if ckpt is not None:
             ckpt.save(step, model, opt_state, config=ckpt_config)
 
-    if workdir is not None:
+    if workdir is not None and lead:
         from tensorboardX import SummaryWriter  # lazy: only runs with a workdir write events
 
         writer = SummaryWriter(os.path.join(workdir, "tb"))
     bar = tqdm.tqdm(
-        total=config.num_steps, initial=start, disable=not config.progress, desc="train"
+        total=config.num_steps, initial=start, disable=not (config.progress and lead), desc="train"
     )
     done = start
     try:
         with _StopSignals() as signals, bar:
             for step in range(start, config.num_steps):
                 if batches is not None:
-                    xb = batches(step)
+                    xb = batches.rows(step) if config.data_parallel else batches(step)
                 else:
                     xb = next(stream, None)
                     if xb is None:
@@ -527,11 +595,11 @@ def fit(
                     record.update({k: float(v) for k, v in values.items()})
                     if evaluate:
                         record["eval_reconstruction"] = evaluate_reconstruction(
-                            model, x_test, objective, eval_step=eval_step
+                            model, x_test, objective, eval_step=eval_step, place=place_eval
                         )
                     history.append(record)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
-                    if metrics_path is not None:
+                    if metrics_path is not None and lead:
                         with open(metrics_path, "a") as f:
                             f.write(json.dumps(record) + "\n")
                     if writer is not None:
@@ -545,11 +613,20 @@ def fit(
                     signals.stop()
         check_pending()
         save(done)
+    except jax.errors.JaxRuntimeError as e:
+        if not multiprocess:
+            raise
+        # A collective failed: a peer died. Closing the checkpointer would wait for it forever.
+        ckpt = None
+        where = os.path.join(workdir, "checkpoints") if workdir is not None else None
+        raise distributed.peer_lost(done, e, where) from None
     finally:
         if writer is not None:
             writer.close()
         if ckpt is not None:
             ckpt.close()
+    if multiprocess:  # hand back arrays this process can use on its own (evaluate, plot)
+        model, opt_state = _host_local((model, opt_state))
     return FitResult(
         model=model,
         opt_state=opt_state,
