@@ -23,3 +23,24 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", False)
+
+
+# The fast tier (`python -m pytest -m fast`): the library's maths, exactness and input errors,
+# in-process. Everything else (subprocess CLI runs, kill-and-resume, multi-process runs,
+# experiments' quick modes, notebooks, benchmarks, ruff) runs only in the full suite.
+FAST_MODULES = {
+    "test_losses",
+    "test_regularizers",
+    "test_objective",
+    "test_jacobian",
+    "test_models",
+    "test_filters",
+    "test_stats",
+    "test_properties",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)
