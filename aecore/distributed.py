@@ -156,8 +156,8 @@ def missing_processes() -> list[int]:
     everyone = list(range(jax.process_count()))
     try:
         live = client.get_live_nodes(everyone)
-    except Exception:  # the coordinator itself is gone: everyone else is unreachable
-        return [p for p in everyone if p != jax.process_index()] if jax.process_index() else []
+    except Exception:  # the coordinator (process 0) itself is gone: the one we can name
+        return [0] if jax.process_index() else []
     return [p for p in everyone if p not in live]
 
 
