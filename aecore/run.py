@@ -594,6 +594,11 @@ def train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
     metrics = {"steps": result.step}
     if result.history and "eval_reconstruction" in result.history[-1]:
         metrics["final_eval_reconstruction"] = result.history[-1]["eval_reconstruction"]
+    if result.best_step is not None:  # early stopping: the kept model is the best evaluated one
+        metrics["best_step"] = result.best_step
+        metrics["best_eval_reconstruction"] = min(
+            r["eval_reconstruction"] for r in result.history if "eval_reconstruction" in r
+        )
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     return result, metrics
 

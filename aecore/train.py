@@ -125,6 +125,11 @@ class TrainConfig:
       eval_every: steps between held-out evaluations (0: only at the end).
       checkpoint_every: steps between checkpoints in the workdir (0: only at the end).
       keep_checkpoints: how many of the latest checkpoints to keep.
+      early_stopping: patience, in evaluations: training stops after this many held-out
+        evaluations in a row without a lower `eval_reconstruction` than the best so far, and
+        the result (and the final checkpoint, written at step `num_steps` so the run counts as
+        finished) is the best evaluated model. 0: never stop early. Needs `eval_every` > 0 and
+        `x_test`. A resumed run tracks the best from the step it resumed at.
       lr_schedule: "constant", or "cosine" (decays from learning_rate to 0 over num_steps; helps
         slow directions converge, e.g. near-equal eigenvalues in the linear AE's PCA subspace).
       data_parallel: shard each batch over all local devices (parameters replicated).
@@ -140,6 +145,7 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    early_stopping: int = 0
     lr_schedule: str = "constant"
     data_parallel: bool = False
     progress: bool = True
@@ -149,7 +155,7 @@ class TrainConfig:
             _checks.check_positive_int(name, getattr(self, name))
         if self.batch_size is not None:
             _checks.check_positive_int("batch_size", self.batch_size)
-        for name in ("eval_every", "checkpoint_every"):
+        for name in ("eval_every", "checkpoint_every", "early_stopping"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
@@ -158,6 +164,11 @@ class TrainConfig:
         lr = self.learning_rate
         if not (isinstance(lr, int | float) and lr > 0 and lr < float("inf")):
             raise ValueError(f"learning_rate must be a finite number > 0, got {lr!r}")
+        if self.early_stopping and not self.eval_every:
+            raise ValueError(
+                f"early_stopping={self.early_stopping} needs eval_every > 0 (evaluations to "
+                "stop on), got eval_every=0"
+            )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -179,6 +190,7 @@ class FitResult:
     step: int
     history: list[dict]
     start_step: int = 0  # the step training started from (> 0 when resumed from a checkpoint)
+    best_step: int | None = None  # with early_stopping: the step of the returned (best) model
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -457,6 +469,10 @@ def fit(
                 f"callable batches(start_step), got {type(x_train).__name__}"
             )
         example = None
+    if config.early_stopping and x_test is None:
+        raise ValueError(
+            f"early_stopping={config.early_stopping} needs x_test (held-out data to stop on)"
+        )
     if x_test is not None:
         x_test = np.asarray(x_test)
         _check_batch_data("x_test", x_test, objective)
@@ -563,6 +579,8 @@ def fit(
         total=config.num_steps, initial=start, disable=not (config.progress and lead), desc="train"
     )
     done = start
+    # Early stopping: the best evaluated state (donate=False: held arrays stay valid).
+    best = {"loss": float("inf"), "step": None, "state": None, "waited": 0}
     try:
         with _StopSignals() as signals, bar:
             for step in range(start, config.num_steps):
@@ -598,6 +616,16 @@ def fit(
                             model, x_test, objective, eval_step=eval_step, place=place_eval
                         )
                     history.append(record)
+                    if evaluate and config.early_stopping:
+                        if record["eval_reconstruction"] < best["loss"]:
+                            best.update(
+                                loss=record["eval_reconstruction"],
+                                step=done,
+                                state=(model, opt_state),
+                                waited=0,
+                            )
+                        else:
+                            best["waited"] += 1
                     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
                     if metrics_path is not None and lead:
                         with open(metrics_path, "a") as f:
@@ -611,7 +639,14 @@ def fit(
                 if signals.received is not None:
                     save(done)
                     signals.stop()
+                if best["waited"] >= config.early_stopping > 0:
+                    break
         check_pending()
+        stopped = best["waited"] >= config.early_stopping > 0
+        if best["state"] is not None and (stopped or done == config.num_steps):
+            # Finished (stopped or at num_steps): keep the best model, as a finished run.
+            model, opt_state = best["state"]
+            done = config.num_steps
         save(done)
     except jax.errors.JaxRuntimeError as e:
         if not multiprocess:
@@ -633,4 +668,5 @@ def fit(
         step=done,
         history=history,
         start_step=start,
+        best_step=best["step"],
     )

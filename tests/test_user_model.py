@@ -335,3 +335,33 @@ def test_import_aecore_exposes_submodules_without_matplotlib():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-500:]
+
+
+def test_early_stopping_returns_the_best_evaluated_model_as_a_finished_run(tmp_path):
+    # 8 training examples, 8 held out: the user model overfits, so held-out loss turns up.
+    x, x_val = _data(8), _data(8, seed=1)
+    obj = aecore.Objective(loss="cross_entropy")
+    cfg = _config(num_steps=400, batch_size=8, eval_every=5, log_every=5, early_stopping=3)
+    wd = str(tmp_path / "run")
+    result = train.fit(_model(), obj, x, config=cfg, optimizer=OPT, x_test=x_val, workdir=wd)
+    evals = [(r["step"], r["eval_reconstruction"]) for r in result.history]
+    best_step, best_loss = min(evals, key=lambda e: e[1])
+    assert evals[-1][0] < 400, "the held-out loss never turned up: no early stop exercised"
+    assert result.best_step == best_step
+    assert evals[-1][0] == best_step + 3 * 5  # three evaluations without improvement
+    assert result.step == 400  # a finished run ...
+    assert train.evaluate_reconstruction(result.model, x_val, obj) == pytest.approx(best_loss)
+    # ... whose checkpoint holds the best model: resuming does nothing and returns it.
+    again = train.fit(_model(), obj, x, config=cfg, optimizer=OPT, x_test=x_val, workdir=wd)
+    assert again.start_step == 400
+    for u, v in zip(_leaves(again.model), _leaves(result.model), strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_early_stopping_needs_evaluations_and_held_out_data():
+    with pytest.raises(ValueError, match="early_stopping=2 needs eval_every > 0"):
+        _config(early_stopping=2)
+    with pytest.raises(ValueError, match="early_stopping=2 needs x_test"):
+        train.fit(_model(), OBJ, _data(), config=_config(early_stopping=2, eval_every=4))
+    with pytest.raises(ValueError, match="early_stopping must be an integer >= 0, got -1"):
+        _config(early_stopping=-1)
