@@ -3,12 +3,29 @@
 The XLA flag must be set before JAX initialises its backends, hence at conftest import time.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# One persistent XLA compilation cache per test session, shared with every process the tests
+# start (console-script runs, multi-process workers, notebook kernels): without it each of them
+# compiles the same train steps and initializers again, which dominated the suite's time. It is
+# fresh per session (a clean run pays every first compile once) unless AECORE_TEST_JAX_CACHE
+# names a folder to keep across sessions.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = os.environ.get("AECORE_TEST_JAX_CACHE")
+    if not _cache:
+        _cache = tempfile.mkdtemp(prefix="aecore-test-jax-cache-")
+        atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

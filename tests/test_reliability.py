@@ -407,18 +407,24 @@ def test_divergence_names_the_step_and_the_term_and_keeps_the_last_good_checkpoi
     assert step == last_good and all(np.isfinite(v).all() for v in _leaves(restored))
 
 
-def test_sigint_saves_the_step_reached(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "sig, raised, match",
+    [(signal.SIGTERM, SystemExit, "143"), (signal.SIGINT, KeyboardInterrupt, "checkpoint saved")],
+)
+def test_a_signal_saves_the_step_reached_then_stops(sig, raised, match, tmp_path, monkeypatch):
     batch_at = train.batch_at
 
-    def batch_at_then_interrupt(x, step, **kw):
+    def batch_at_then_signal(x, step, **kw):
         if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
         return batch_at(x, step, **kw)
 
-    monkeypatch.setattr(train, "batch_at", batch_at_then_interrupt)
-    with pytest.raises(KeyboardInterrupt, match="checkpoint saved"):
+    monkeypatch.setattr(train, "batch_at", batch_at_then_signal)
+    before = signal.getsignal(sig)
+    with pytest.raises(raised, match=match):
         train.fit(_model(), OBJ, _data(), config=_config(num_steps=10), workdir=str(tmp_path))
     assert checkpoint.latest_step(os.path.join(tmp_path, "checkpoints")) == 3
+    assert signal.getsignal(sig) is before  # the caller's handler is back
 
 
 # A run slow enough to be killed mid-way: each step sleeps, and prints its number first.
