@@ -1,8 +1,12 @@
-"""The `aecore` command with your own data and your own runs (issue #11), through the real
-console script: never crash after training, never mix two runs, never lose results.
+"""The `aecore` command with your own data and your own runs (issue #11): never crash after
+training, never mix two runs, never lose results. The first run and the killed run go through the
+real console script in a subprocess; the others call `aecore.cli.main` in-process, with the exit
+status and stderr the console script would give.
 """
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -29,7 +33,8 @@ AECORE = [sys.executable, "-m", "aecore"]
 QUICK = ["--quick", "--config.train.num_steps=6", "--config.train.eval_every=3"]
 
 
-def _run(*args, env=None, timeout=180) -> subprocess.CompletedProcess:
+def _console(*args, env=None, timeout=180) -> subprocess.CompletedProcess:
+    """The real console script in a subprocess."""
     return subprocess.run(
         [*AECORE, *map(str, args)],
         capture_output=True,
@@ -38,6 +43,20 @@ def _run(*args, env=None, timeout=180) -> subprocess.CompletedProcess:
         timeout=timeout,
         env=env,
     )
+
+
+def _run(*args) -> subprocess.CompletedProcess:
+    """`aecore ARGS` in-process: `main` as the console script calls it (errors are one stderr
+    line and an exit status), returning what `subprocess.run` would."""
+    argv = list(map(str, args))
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            main(argv, exit_on_error=True)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(argv, code, stdout="", stderr=err.getvalue())
 
 
 def _errors(proc) -> list[str]:
@@ -73,7 +92,7 @@ def features_run(tmp_path_factory):
     np.save(root / "other.npy", x[:200])
     np.save(root / "raw16.npy", load_digits().data[300:350].astype(np.float32))  # 0..16
     wd = root / "wd"
-    proc = _run("train", "contractive", *QUICK, "--data", root / "my.npy", "--workdir", wd)
+    proc = _console("train", "contractive", *QUICK, "--data", root / "my.npy", "--workdir", wd)
     return root, wd, proc
 
 
@@ -380,7 +399,7 @@ def test_killed_features_run_resumes_to_the_same_parameters(tmp_path):
     with Checkpointer(str(wd / "checkpoints")) as ckpt:
         assert ckpt.latest_step() == 25
 
-    resumed = _run(*argv, "--workdir", wd)  # the same command again
+    resumed = _run(*argv, "--workdir", wd)  # the same command again, in-process
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     main([*map(str, argv), "--workdir", str(tmp_path / "straight")])  # never interrupted
     cfg = tr.read_config(str(wd))

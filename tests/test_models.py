@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from aecore import Objective, make_autoencoder
+from aecore.models import lecun_normal_flat
 from aecore.train import init_optimizer, make_train_step
 
 
@@ -28,6 +29,16 @@ def test_shapes(input_shape, kwargs, code):
     # Shapes only: traced, never compiled or run (an eager conv pass costs seconds on CPU).
     assert jax.eval_shape(jax.vmap(model.encode), x).shape == (3, code)
     assert jax.eval_shape(jax.vmap(model), x).shape == x.shape
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 1, 8), (3, 3, 8, 16), (5, 7)])
+def test_flat_conv_init_draws_the_same_numbers_as_flax_lecun_normal(shape):
+    key = jax.random.key(3)
+    ours = lecun_normal_flat(key, shape, jnp.float32)
+    flax_default = jax.nn.initializers.lecun_normal()(key, shape, jnp.float32)
+    assert ours.shape == shape
+    # The same draws; the scaling may round differently in the last bit.
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(flax_default), rtol=1e-6, atol=0)
 
 
 def test_linear_autoencoder_is_linear():
