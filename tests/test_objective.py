@@ -7,6 +7,10 @@ import pytest
 
 from aecore import Objective, losses, make_autoencoder, objective_terms, regularizers
 
+# The objective under jit (one compile per Objective) for the checks of its values; eager
+# op-by-op dispatch of a Jacobian objective costs seconds on CPU. jit == eager is its own test.
+_terms = jax.jit(objective_terms, static_argnums=3)
+
 
 def _setup():
     model = make_autoencoder((4, 4, 1), hidden=(6,), key=0)
@@ -19,7 +23,7 @@ def test_total_is_sum_of_terms_and_terms_match_the_parts():
     obj = Objective(
         loss="cross_entropy", weight_decay=1e-3, l1=0.01, kl=0.5, rho=0.1, contractive=0.2
     )
-    total, terms = objective_terms(model, x, jax.random.key(1), obj)
+    total, terms = _terms(model, x, jax.random.key(1), obj)
     assert set(terms) == {"reconstruction", "weight_decay", "l1", "kl", "contractive"}
     np.testing.assert_allclose(total, sum(terms.values()), rtol=1e-6)
     h = jax.vmap(model.encode)(x)
@@ -32,7 +36,7 @@ def test_total_is_sum_of_terms_and_terms_match_the_parts():
     )
     np.testing.assert_allclose(
         terms["contractive"],
-        jnp.mean(regularizers.contractive(model.encode, x, weight=0.2)),
+        jnp.mean(jax.jit(lambda v: regularizers.contractive(model.encode, v, weight=0.2))(x)),
         rtol=1e-6,
     )
 
@@ -47,7 +51,7 @@ def test_denoising_reconstructs_the_clean_target():
     model, x = _setup()
     obj = Objective(loss="squared_error", corruption="mask", corruption_level=0.5)
     key = jax.random.key(7)
-    _, terms = objective_terms(model, x, key, obj)
+    _, terms = _terms(model, x, key, obj)
     k_corrupt, _ = jax.random.split(key)
     expected = _masked_reconstruction(model, x, k_corrupt, 0.5)
     np.testing.assert_allclose(terms["reconstruction"], expected, rtol=1e-6)
@@ -94,19 +98,25 @@ def test_contractive_probes_zero_is_exact_and_keeps_the_keys():
         corruption_level=0.3,
         contractive_probes=0,
     )
-    _, terms = objective_terms(model, x, key, obj)
+    _, terms = _terms(model, x, key, obj)
     k_corrupt, k_ho = jax.random.split(key)
     expected = _masked_reconstruction(model, x, k_corrupt, 0.3)
     np.testing.assert_allclose(terms["reconstruction"], expected, rtol=1e-6)
-    exact = jnp.mean(regularizers.contractive(model.encode, x, weight=0.2))
-    np.testing.assert_allclose(terms["contractive"], exact, rtol=1e-6)
-    ho = regularizers.contractive_higher_order(model.encode, x, k_ho, weight=0.1, sigma=0.1)
+
+    @jax.jit
+    def parts(x, k_ho):
+        exact = regularizers.contractive(model.encode, x, weight=0.2)
+        ho = regularizers.contractive_higher_order(model.encode, x, k_ho, weight=0.1, sigma=0.1)
+        return exact, ho
+
+    exact, ho = parts(x, k_ho)
+    np.testing.assert_allclose(terms["contractive"], jnp.mean(exact), rtol=1e-6)
     np.testing.assert_allclose(terms["higher_order"], jnp.mean(ho), rtol=1e-6)
 
 
 def test_contractive_probes_estimate_is_unbiased_but_not_exact():
     model, x = _setup()
-    exact = objective_terms(model, x, jax.random.key(0), Objective(contractive=0.2))[1]
+    exact = _terms(model, x, jax.random.key(0), Objective(contractive=0.2))[1]
     exact = float(exact["contractive"])
     obj = Objective(contractive=0.2, contractive_probes=1)
 
@@ -120,7 +130,7 @@ def test_contractive_probes_estimate_is_unbiased_but_not_exact():
     # One key gives one draw of the estimate, not the exact value.
     assert abs(float(estimate(jax.random.key(1))) - exact) > 1e-4 * exact
     # The estimate takes the contractive term's place; no other term appears.
-    _, terms = objective_terms(model, x, jax.random.key(1), obj)
+    _, terms = _terms(model, x, jax.random.key(1), obj)
     assert set(terms) == {"reconstruction", "contractive"}
 
 
@@ -129,8 +139,8 @@ def test_chunk_size_reaches_both_jacobian_terms_and_changes_no_value(mode):
     model = make_autoencoder((6,), hidden=(5, 3), activation="tanh", key=0)
     x = jax.random.normal(jax.random.key(1), (7, 6))
     base = dict(contractive=0.3, higher_order=0.2, higher_order_sigma=0.1, jacobian_mode=mode)
-    _, whole = objective_terms(model, x, jax.random.key(2), Objective(**base))
-    _, chunked = objective_terms(model, x, jax.random.key(2), Objective(**base, chunk_size=3))
+    _, whole = _terms(model, x, jax.random.key(2), Objective(**base))
+    _, chunked = _terms(model, x, jax.random.key(2), Objective(**base, chunk_size=3))
     for name in ("contractive", "higher_order"):
         np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-6, err_msg=name)
 
