@@ -25,6 +25,7 @@ Jacobian penalties.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -67,21 +68,68 @@ OUTPUTS = ("sigmoid", "identity")
 ARCHITECTURES = ("mlp", "conv")
 
 
+# Initial weights are drawn flat, in a few fixed sizes. JAX's random bits for element i do not
+# depend on how many elements are drawn (`jax_threefry_partitionable`, the default), so drawing
+# `_draw_size(n)` numbers and keeping the first n gives exactly the numbers of a draw of shape
+# [n]; XLA:CPU compiles a random draw for ~0.3-0.6 s per distinct shape (seconds for a rank-4
+# conv kernel), and this way it compiles once per size bucket for every model a session builds.
+_MIN_DRAW, _MAX_POW2_DRAW = 1 << 12, 1 << 22
+
+
+def _draw_size(n: int) -> int:
+    """The smallest power of two >= n (at least 4096); past 2**22, the next multiple of 2**22."""
+    if n <= _MAX_POW2_DRAW:
+        return max(_MIN_DRAW, 1 << (n - 1).bit_length())
+    return -(-n // _MAX_POW2_DRAW) * _MAX_POW2_DRAW
+
+
+def _sample(key, kind: str, size: int, dtype) -> jax.Array:
+    if kind == "uniform":  # U(-1, 1), as jax.nn.initializers.variance_scaling draws it
+        return jax.random.uniform(key, (size,), dtype, -1)
+    return jax.random.truncated_normal(key, -2, 2, (size,), dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "size"))
+def _scaled_draw(key, scale, *, kind: str, size: int) -> jax.Array:
+    return _sample(key, kind, size, scale.dtype) * scale
+
+
+def _variance_scaling(key, shape, dtype, *, kind: str, fan: float) -> jax.Array:
+    """jax.nn.initializers.variance_scaling(1, fan, kind) for a given fan, drawn flat.
+
+    The scale is rounded in `dtype` as JAX rounds it, so the numbers are JAX's own (tested
+    against `glorot_uniform` / `lecun_normal` bit for bit). Traced keys (under `jit`,
+    `eval_shape`) and non-partitionable PRNG configs draw the exact shape instead.
+    """
+    shape = tuple(int(s) for s in shape)
+    n = int(np.prod(shape))
+    dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    variance = np.asarray(1.0 / fan, dtype)
+    if kind == "uniform":
+        scale = np.sqrt(np.asarray(3, dtype) * variance)
+    else:  # the std of N(0, 1) truncated to +-2
+        scale = np.sqrt(variance) / np.asarray(0.87962566103423978, dtype)
+    if isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
+        return (_sample(key, kind, n, dtype) * jnp.asarray(scale, dtype)).reshape(shape)
+    flat = _scaled_draw(key, jnp.asarray(scale, dtype), kind=kind, size=_draw_size(n))
+    # Slice on the host: a device slice would compile once per shape again.
+    return jnp.asarray(np.asarray(flat)[:n].reshape(shape))
+
+
 def _glorot(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
-    return jax.nn.initializers.glorot_uniform()(key, shape, dtype)
+    """Glorot/Xavier uniform for a [in, out] kernel: jax.nn.initializers.glorot_uniform()."""
+    return _variance_scaling(key, shape, dtype, kind="uniform", fan=(shape[0] + shape[1]) / 2)
 
 
 def lecun_normal_flat(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
-    """flax's default conv kernel init (`lecun_normal`: truncated normal, variance 1/fan_in),
-    drawn as one flat vector and reshaped: the same numbers to the last bit or so (JAX's random
-    bits do not depend on the shape), but XLA:CPU compiles a rank-4 draw for seconds per kernel
-    shape and a flat draw in a fraction of one, which made building a conv autoencoder take
-    ~10 s."""
+    """flax's default conv kernel init (`lecun_normal`: truncated normal, variance 1/fan_in,
+    fan_in = the product of all axes but the last), the same numbers as
+    `jax.nn.initializers.lecun_normal()`, drawn flat in a shared size bucket: XLA:CPU compiles
+    a rank-4 draw for seconds per kernel shape, which made building a conv autoencoder ~10 s."""
     shape = tuple(int(s) for s in shape)
-    fan_in = int(np.prod(shape[:-1]))
-    std = np.sqrt(1.0 / fan_in) / 0.87962566103423978  # the std of N(0, 1) truncated to ±2
-    flat = jax.random.truncated_normal(key, -2.0, 2.0, (int(np.prod(shape)),), dtype)
-    return (flat * std).reshape(shape)
+    return _variance_scaling(
+        key, shape, dtype, kind="truncated_normal", fan=float(np.prod(shape[:-1]))
+    )
 
 
 class Dense(nnx.Module):

@@ -39,12 +39,19 @@ def fsq(model, x, mode, route=None, **kwargs):
     return np.asarray(jax.jit(f)(model, x))
 
 
+def fsq_modes(model, x, modes):
+    """{mode: frobenius_sq} for several modes, from ONE jitted function (one compile)."""
+    f = lambda m, xb: {md: jacobian.frobenius_sq(m.encode, xb, mode=md) for md in modes}  # noqa: E731
+    return {md: np.asarray(v) for md, v in jax.jit(f)(model, x).items()}
+
+
 def _mlp(hidden, act, key=0, input_shape=(3, 4)):
     return make_autoencoder(input_shape, hidden=hidden, activation=act, key=key, dtype=jnp.float64)
 
 
 def _x(shape, key=1):
-    return jax.random.normal(jax.random.key(key), shape, jnp.float64)
+    """float64 N(0, 1) test inputs from NumPy (a jax.random draw compiles once per shape)."""
+    return jnp.asarray(np.random.default_rng(key).standard_normal(shape), jnp.float64)
 
 
 # Every activation in a one-layer encoder (closed form applies) and inside deeper chains (mixed
@@ -62,12 +69,12 @@ def test_mlp_routes_agree_with_finite_differences(x64, hidden, act):
     model = _mlp(hidden, act)
     x = _x((4, 3, 4))
     ref = fd_jacobian_sq(model.encode, x)
-    exact = fsq(model, x, "jacrev")
-    np.testing.assert_allclose(exact, ref, rtol=1e-6)
     routes = ["jacfwd", "auto", "structured"] + (["closed_form"] if len(hidden) == 1 else [])
+    got = fsq_modes(model, x, ["jacrev", *routes])
+    exact = got["jacrev"]
+    np.testing.assert_allclose(exact, ref, rtol=1e-6)
     for mode in routes:  # within round-off of jacrev, hence within FD's error of the truth
-        got = fsq(model, x, mode)
-        np.testing.assert_allclose(got, exact, rtol=1e-12, err_msg=mode)
+        np.testing.assert_allclose(got[mode], exact, rtol=1e-12, err_msg=mode)
 
 
 def test_closed_form_uses_each_activations_own_derivative(x64):
@@ -88,10 +95,9 @@ def test_conv_encoder_routes_agree_with_finite_differences(x64):
     model = make_autoencoder(
         (8, 8, 1), hidden=(5,), architecture="conv", conv_channels=(2, 3), key=0, dtype=jnp.float64
     )
-    x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 1), jnp.float64)
+    x = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 8, 8, 1)), jnp.float64)
     ref = fd_jacobian_sq(model.encode, x)
-    for mode in EXACT_MODES:
-        got = fsq(model, x, mode)
+    for mode, got in fsq_modes(model, x, EXACT_MODES).items():
         np.testing.assert_allclose(got, ref, rtol=1e-6, err_msg=mode)
 
 
@@ -103,24 +109,27 @@ def test_parameter_gradients_agree_across_routes(x64, hidden):
     def penalty(m, mode):
         return jnp.sum(jacobian.frobenius_sq(m.encode, x, mode=mode))
 
-    ref = jax.grad(penalty)(model, "jacrev")
+    # jacrev's gradient against central finite differences; every other route's gradient
+    # against jacrev's, to round-off (all routes' gradients from one compiled function).
+    check_grads(jax.jit(lambda m: penalty(m, "jacrev")), (model,), order=1, modes=["rev"])
     modes = ["jacfwd", "auto", "structured"] + (["closed_form"] if len(hidden) == 1 else [])
+    grads = jax.jit(lambda m: {md: jax.grad(penalty)(m, md) for md in ["jacrev", *modes]})(model)
+    ref = grads["jacrev"]
     for mode in modes:
-        got = jax.grad(penalty)(model, mode)
+        got = grads[mode]
         for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
             np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-14, err_msg=mode)
-        check_grads(lambda m, mode=mode: penalty(m, mode), (model,), order=1, modes=["rev"])
 
 
 def test_vmap_matches_python_loop_and_jit_matches_eager(x64):
     model = _mlp((9, 5), "tanh")
     x = _x((6, 3, 4))
     for mode in ("jacrev", "structured"):
-        batched = jacobian.frobenius_sq(model.encode, x, mode=mode)
-        loop = [jacobian.frobenius_sq(model.encode, x[i : i + 1], mode=mode)[0] for i in range(6)]
-        np.testing.assert_allclose(batched, np.array(loop), rtol=1e-12)
+        batched = jacobian.frobenius_sq(model.encode, x, mode=mode)  # eager
         jitted = jax.jit(lambda m, xb, mode=mode: jacobian.frobenius_sq(m.encode, xb, mode=mode))
         np.testing.assert_allclose(jitted(model, x), batched, rtol=1e-12)
+        loop = [jitted(model, x[i : i + 1])[0] for i in range(6)]  # one compile, batch of one
+        np.testing.assert_allclose(batched, np.array(loop), rtol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["jacfwd", "jacrev", "closed_form", "structured"])
@@ -158,8 +167,12 @@ def test_estimators_are_unbiased_within_three_standard_errors(x64, method):
     )
     # 4 independent means of n/4 probes each, one compiled estimator
     samples = np.stack([np.asarray(estimate(jax.random.key(s))) for s in range(4)])
-    single = jax.vmap(
-        lambda k: jacobian.frobenius_sq_estimate(model.encode, x, k, num_probes=1, method=method)
+    single = jax.jit(
+        jax.vmap(
+            lambda k: jacobian.frobenius_sq_estimate(
+                model.encode, x, k, num_probes=1, method=method
+            )
+        )
     )(jax.random.split(jax.random.key(99), 2000))
     se = np.std(np.asarray(single), axis=0) / np.sqrt(n)
     np.testing.assert_array_less(np.abs(samples.mean(axis=0) - exact), 3 * se)
@@ -170,11 +183,16 @@ def test_frobenius_sq_diff_matches_explicit_jacobians(x64):
     for hidden in [(7,), (9, 5)]:
         model = _mlp(hidden, "sigmoid")
         x, x2 = _x((4, 3, 4)), _x((4, 3, 4), key=5)
-        ja = jacobian.jacobian(model.encode, x, mode="jacfwd")
-        jb = jacobian.jacobian(model.encode, x2, mode="jacfwd")
-        expected = jnp.sum((ja - jb).reshape(4, -1) ** 2, axis=1)
-        for mode in ["auto", "jacrev", "jacfwd"] + (["closed_form"] if len(hidden) == 1 else []):
-            got = jacobian.frobenius_sq_diff(model.encode, x, x2, mode=mode)
+        jac = jax.jit(lambda m, v: jacobian.jacobian(m.encode, v, mode="jacfwd"))
+        ja, jb = np.asarray(jac(model, x)), np.asarray(jac(model, x2))
+        expected = np.sum((ja - jb).reshape(4, -1) ** 2, axis=1)
+        modes = ["auto", "jacrev", "jacfwd"] + (["closed_form"] if len(hidden) == 1 else [])
+        diffs = jax.jit(
+            lambda m, a, b, modes=tuple(modes): {
+                md: jacobian.frobenius_sq_diff(m.encode, a, b, mode=md) for md in modes
+            }
+        )(model, x, x2)
+        for mode, got in diffs.items():
             np.testing.assert_allclose(got, expected, rtol=1e-12, err_msg=mode)
 
 
@@ -200,7 +218,7 @@ def test_bad_arguments_name_the_value():
 
 def test_gram_and_sym_quad_custom_backward_pass_check_grads(x64):
     w = _x((7, 4))
-    check_grads(jacobian.gram, (w,), order=1, modes=["rev"])
+    check_grads(jax.jit(jacobian.gram), (w,), order=1, modes=["rev"])
     np.testing.assert_allclose(jacobian.gram(w), w.T @ w, rtol=1e-14)
     m = _x((3, 2, 4), key=2)
     g = jacobian.gram(_x((6, 4), key=3))
@@ -208,13 +226,17 @@ def test_gram_and_sym_quad_custom_backward_pass_check_grads(x64):
     np.testing.assert_allclose(jacobian.sym_quad(m, g), expected, rtol=1e-13)
     # g must stay symmetric for the custom rule, so check gradients through a Gram matrix.
     check_grads(
-        lambda m_, w_: jacobian.sym_quad(m_, jacobian.gram(w_)),
+        jax.jit(lambda m_, w_: jacobian.sym_quad(m_, jacobian.gram(w_))),
         (m, _x((6, 4), key=3)),
         order=1,
         modes=["rev"],
     )
-    plain = jax.grad(lambda m_, w_: jnp.sum(jnp.einsum("bkn,nm,bkm->b", m_, w_.T @ w_, m_)), (0, 1))
-    custom = jax.grad(lambda m_, w_: jnp.sum(jacobian.sym_quad(m_, jacobian.gram(w_))), (0, 1))
+    plain = jax.jit(
+        jax.grad(lambda m_, w_: jnp.sum(jnp.einsum("bkn,nm,bkm->b", m_, w_.T @ w_, m_)), (0, 1))
+    )
+    custom = jax.jit(
+        jax.grad(lambda m_, w_: jnp.sum(jacobian.sym_quad(m_, jacobian.gram(w_))), (0, 1))
+    )
     w3 = _x((6, 4), key=3)
     for a, b in zip(custom(m, w3), plain(m, w3), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -235,19 +257,27 @@ def test_structured_products_equal_jacrev_values_and_parameter_gradients(
     model = make_autoencoder(input_shape, hidden=hidden, activation=act, key=3, dtype=jnp.float64)
     x = _x((5, *input_shape), key=4)
 
-    def penalty(m, route):
+    def values_of(m, route):  # [B] ‖J‖²_F per example
         if route in ("jacrev", "auto"):
-            return jnp.sum(jacobian.frobenius_sq(m.encode, x, mode=route))
-        return jnp.sum(jacobian.frobenius_sq_route(m.encode, x, "structured/" + route))
+            return jacobian.frobenius_sq(m.encode, x, mode=route)
+        return jacobian.frobenius_sq_route(m.encode, x, "structured/" + route)
 
-    ref_values = fsq(model, x, "jacrev")
-    ref_grads = jax.jit(jax.grad(penalty), static_argnums=1)(model, "jacrev")
-    for product in jacobian.STRUCTURED_PRODUCTS:
-        got = fsq(model, x, None, route="structured/" + product)
-        np.testing.assert_allclose(got, ref_values, rtol=1e-12, err_msg=product)
-    for route in (*jacobian.STRUCTURED_PRODUCTS, "auto"):
-        grads = jax.jit(jax.grad(penalty), static_argnums=1)(model, route)
-        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+    def penalty(m, route):
+        return jnp.sum(values_of(m, route))
+
+    routes = (*jacobian.STRUCTURED_PRODUCTS, "auto")
+    # Values and gradients of every route from one compiled function.
+    values, grads = jax.jit(
+        lambda m: (
+            {r: values_of(m, r) for r in ("jacrev", *routes)},
+            {r: jax.grad(penalty)(m, r) for r in ("jacrev", *routes)},
+        )
+    )(model)
+    for route in routes:
+        np.testing.assert_allclose(values[route], values["jacrev"], rtol=1e-12, err_msg=route)
+        for g, r in zip(
+            jax.tree.leaves(grads[route]), jax.tree.leaves(grads["jacrev"]), strict=True
+        ):
             np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-14, err_msg=route)
 
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from aecore import Objective, make_autoencoder
-from aecore.models import lecun_normal_flat
+from aecore.models import _draw_size, _glorot, lecun_normal_flat
 from aecore.train import init_optimizer, make_train_step
 
 
@@ -31,14 +31,34 @@ def test_shapes(input_shape, kwargs, code):
     assert jax.eval_shape(jax.vmap(model), x).shape == x.shape
 
 
-@pytest.mark.parametrize("shape", [(3, 3, 1, 8), (3, 3, 8, 16), (5, 7)])
-def test_flat_conv_init_draws_the_same_numbers_as_flax_lecun_normal(shape):
+@pytest.mark.parametrize(
+    "dtype, shapes",
+    # Sizes at and just above one draw bucket (4096) and a rank-4 conv kernel; float64 once.
+    [("float32", [(64, 64), (65, 64), (3, 3, 2, 4)]), ("float64", [(65, 64)])],
+)
+def test_initializers_draw_jax_initializers_numbers_bit_for_bit(dtype, shapes, request):
+    if dtype == "float64":
+        request.getfixturevalue("x64")
     key = jax.random.key(3)
-    ours = lecun_normal_flat(key, shape, jnp.float32)
-    flax_default = jax.nn.initializers.lecun_normal()(key, shape, jnp.float32)
-    assert ours.shape == shape
-    # The same draws; the scaling may round differently in the last bit.
-    np.testing.assert_allclose(np.asarray(ours), np.asarray(flax_default), rtol=1e-6, atol=0)
+    for shape in shapes:
+        ours = [lecun_normal_flat(key, shape, dtype)]
+        jaxs = [jax.nn.initializers.lecun_normal()(key, shape, dtype)]
+        if len(shape) == 2:  # Dense kernels
+            ours.append(_glorot(key, shape, dtype))
+            jaxs.append(jax.nn.initializers.glorot_uniform()(key, shape, dtype))
+            # Under jit (a traced key) the exact-shape path draws the same numbers.
+            ours.append(jax.jit(lambda k, s=shape: _glorot(k, s, dtype))(key))
+            jaxs.append(jaxs[-1])
+        for a, b in zip(ours, jaxs, strict=True):
+            assert a.shape == shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_draw_sizes_are_few_and_cover_n():
+    sizes = {_draw_size(n) for n in range(1, 20000, 7)}
+    assert sizes == {4096, 8192, 16384, 32768}
+    big = 5 * 2**22 + 1
+    assert _draw_size(big) == 6 * 2**22 >= big
 
 
 def test_linear_autoencoder_is_linear():
