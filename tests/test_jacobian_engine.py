@@ -41,16 +41,17 @@ def _assert_exact(make_fn, params, x, mode="auto", rtol=1e-10, gradients=True):
         fn = make_fn(p)
         return _reference(fn, x) if use_ref else jacobian.frobenius_sq(fn, x, mode=mode)
 
-    def value_and_grad(use_ref):
-        return jax.jit(jax.value_and_grad(lambda p: jnp.sum(pen(p, use_ref)), has_aux=False))
+    def values_and_grads(p):  # engine (False) and reference (True), one compiled function
+        values = {r: pen(p, r) for r in (False, True)}
+        if not gradients:
+            return values, None
+        return values, {r: jax.grad(lambda q, r=r: jnp.sum(pen(q, r)))(p) for r in (False, True)}
 
-    got, ref = jax.jit(pen, static_argnums=1)(params, False), pen(params, True)
-    np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-13)
+    values, grads = jax.jit(values_and_grads)(params)
+    np.testing.assert_allclose(values[False], values[True], rtol=rtol, atol=1e-13)
     if not gradients:
         return
-    g_got = value_and_grad(False)(params)[1]
-    g_ref = value_and_grad(True)(params)[1]
-    for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref), strict=True):
+    for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True]), strict=True):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-12)
 
 
@@ -79,6 +80,13 @@ def chains(draw):
     return pieces, draw(st.integers(0, 2**16))
 
 
+def _randn(seed, shape, dtype=jnp.float32):
+    """N(0, 1) test data from NumPy (`seed`: an int or a Generator); a jax.random draw would
+    compile once per shape and dtype, and the random chains below have many shapes."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return jnp.asarray(rng.standard_normal(shape), dtype)
+
+
 def _apply(piece, p, i, h):
     if piece[0] == "conv":
         return _conv(h, p[f"k{i}"], piece[2], piece[3])
@@ -92,16 +100,17 @@ def _apply(piece, p, i, h):
 def _build(chain, x0):
     """(fn(params, x_i), params) of a random chain, float64 weights drawn from its seed."""
     pieces, seed = chain
-    keys = iter(jax.random.split(jax.random.key(seed), 2 * len(pieces)))
+    rng = np.random.default_rng(seed)
     params, h = {}, x0
     for i, piece in enumerate(pieces):
         if piece[0] == "conv":
-            params[f"k{i}"] = 0.5 * jax.random.normal(next(keys), (3, 3, piece[1], 2), x0.dtype)
+            params[f"k{i}"] = 0.5 * _randn(rng, (3, 3, piece[1], 2), x0.dtype)
         if piece[0] == "dense":
             n = int(np.prod(h.shape))
-            params[f"w{i}"] = jax.random.normal(next(keys), (n, 5), x0.dtype) / np.sqrt(n)
-            params[f"b{i}"] = 0.1 * jax.random.normal(next(keys), (5,), x0.dtype)
-        h = _apply(piece, params, i, h)
+            params[f"w{i}"] = _randn(rng, (n, 5), x0.dtype) / np.sqrt(n)
+            params[f"b{i}"] = 0.1 * _randn(rng, (5,), x0.dtype)
+        # shapes only: an eager pass would compile every op of every random chain
+        h = jax.eval_shape(lambda v, piece=piece, i=i: _apply(piece, params, i, v), h)
 
     def fn(p, xi):
         h = xi
@@ -118,7 +127,7 @@ PROPS = settings(max_examples=10, deadline=None, suppress_health_check=list(Heal
 @PROPS
 @given(chain=chains())
 def test_random_chains_are_exact_in_values_and_parameter_gradients(x64, chain):
-    x = jax.random.normal(jax.random.key(7), (3, *SHAPE), jnp.float64)
+    x = _randn(7, (3, *SHAPE), jnp.float64)
     fn, params = _build(chain, x[0])
     report = jacobian.explain(functools.partial(fn, params), x)
     assert report.fallback is None, (chain, report)
@@ -148,10 +157,10 @@ def _breaker(name, p, h):
     tail=st.sampled_from([None, "tanh", "relu"]),
 )
 def test_random_chain_breakers_fall_back_and_stay_exact(x64, chain, breaker, tail):
-    x = jax.random.normal(jax.random.key(8), (3, *SHAPE), jnp.float64)
+    x = _randn(8, (3, *SHAPE), jnp.float64)
     inner, params = _build(chain, x[0])
     n = int(np.prod(jax.eval_shape(functools.partial(inner, params), x[0]).shape))
-    params["s"] = jax.random.normal(jax.random.key(3), (n, n), jnp.float64) / np.sqrt(n)
+    params["s"] = _randn(3, (n, n), jnp.float64) / np.sqrt(n)
 
     def fn(p, xi):
         h = _breaker(breaker, p, inner(p, xi))
@@ -186,9 +195,9 @@ class _ConvNet(nnx.Module):
 
 
 def _user_encoders(dtype):
-    w = jax.random.normal(jax.random.key(0), (12, 5), dtype) / 3
+    w = _randn(0, (12, 5), dtype) / 3
     plain = lambda v: jnp.tanh(v.reshape(-1) @ w)  # noqa: E731 - closes over an array
-    shared = jax.random.normal(jax.random.key(1), (12, 12), dtype) / 4
+    shared = _randn(1, (12, 12), dtype) / 4
     tied = lambda v: jnp.tanh(shared @ jnp.tanh(shared @ v.reshape(-1)))  # noqa: E731
     return {
         "nnx-two-linear": (
@@ -207,21 +216,31 @@ def test_user_encoders_take_the_structured_routes_and_agree_with_finite_differen
     from test_jacobian import fd_jacobian_sq
 
     fn, shape, structure = _user_encoders(jnp.float64)[name]
-    x = jax.random.normal(jax.random.key(2), (3, *shape), jnp.float64)
+    x = _randn(2, (3, *shape), jnp.float64)
     report = jacobian.explain(fn, x)
     assert report.structure == structure and report.fallback is None
     assert report.choice not in ("jacrev", "jacfwd"), str(report)
-    np.testing.assert_allclose(jacobian.frobenius_sq(fn, x), fd_jacobian_sq(fn, x), rtol=1e-6)
-    np.testing.assert_allclose(jacobian.frobenius_sq(fn, x), _reference(fn, x), rtol=1e-12)
+    got, ref = jax.jit(lambda v: (jacobian.frobenius_sq(fn, v), _reference(fn, v)))(x)
+    np.testing.assert_allclose(got, fd_jacobian_sq(fn, x), rtol=1e-6)
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
 
 
 def test_nnx_module_parameter_gradients_match_jacrev_to_1e10(x64):
-    x = jax.random.normal(jax.random.key(2), (4, 12), jnp.float64)
+    x = _randn(2, (4, 12), jnp.float64)
     model = _TwoLinear(jnp.float64)
+    grads = nnx.jit(
+        lambda model: (
+            {
+                mode: nnx.grad(
+                    lambda m, mode=mode: jnp.sum(jacobian.frobenius_sq(m, x, mode=mode))
+                )(model)
+                for mode in ("auto", "structured")
+            }
+            | {"ref": nnx.grad(lambda m: jnp.sum(_reference(m, x)))(model)}
+        )
+    )(model)
     for mode in ("auto", "structured"):
-        got = nnx.grad(lambda m, mode=mode: jnp.sum(jacobian.frobenius_sq(m, x, mode=mode)))(model)
-        ref = nnx.grad(lambda m: jnp.sum(_reference(m, x)))(model)
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+        for a, b in zip(jax.tree.leaves(grads[mode]), jax.tree.leaves(grads["ref"]), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
@@ -233,36 +252,51 @@ def test_linen_apply_partial_is_a_chain(x64):
         def __call__(self, x):
             return linen.sigmoid(linen.Dense(4, param_dtype=jnp.float64)(x.reshape(-1)))
 
-    x = jax.random.normal(jax.random.key(2), (3, 6), jnp.float64)
+    x = _randn(2, (3, 6), jnp.float64)
     params = Enc().init(jax.random.key(0), x[0])
     fn = functools.partial(Enc().apply, params)
     assert jacobian.explain(fn, x).choice == "closed_form"
-    np.testing.assert_allclose(jacobian.frobenius_sq(fn, x), _reference(fn, x), rtol=1e-12)
+    got, ref = jax.jit(lambda v: (jacobian.frobenius_sq(fn, v), _reference(fn, v)))(x)
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
 
 
 def test_float32_jit_vmap_and_chunking_on_a_user_conv():
     model = _ConvNet(jnp.float32)
-    x = jax.random.uniform(jax.random.key(3), (7, 8, 8, 1))
-    ref = _reference(model, x)
-    jitted = jax.jit(lambda m, xb: jacobian.frobenius_sq(m, xb))(model, x)
-    np.testing.assert_allclose(jitted, ref, rtol=1e-5)
-    for chunk in (1, 3, 7):
-        got = jacobian.frobenius_sq(model, x, chunk_size=chunk)
-        np.testing.assert_allclose(got, ref, rtol=1e-5)
-    # vmap over two batches: the trace sees one example of one batch at a time
-    both = jax.vmap(lambda xb: jacobian.frobenius_sq(model, xb))(jnp.stack([x, 2 * x]))
-    np.testing.assert_allclose(both[0], ref, rtol=1e-5)
+    x = jnp.asarray(np.random.default_rng(3).uniform(size=(7, 8, 8, 1)), jnp.float32)
+    eager = jacobian.frobenius_sq(model, x)
+
+    def all_ways(m, xb):
+        return {
+            "ref": _reference(m, xb),
+            "jit": jacobian.frobenius_sq(m, xb),
+            # chunks of 1, 3 (a ragged last chunk) and 7 (the whole batch)
+            **{f"chunk {c}": jacobian.frobenius_sq(m, xb, chunk_size=c) for c in (1, 3, 7)},
+            # vmap over two batches: the trace sees one example of one batch at a time
+            "vmap": jax.vmap(lambda b: jacobian.frobenius_sq(m, b))(jnp.stack([xb, 2 * xb]))[0],
+        }
+
+    got = jax.jit(all_ways)(model, x)
+    ref = got.pop("ref")
+    np.testing.assert_allclose(eager, ref, rtol=1e-5)
+    for way, value in got.items():
+        np.testing.assert_allclose(value, ref, rtol=1e-5, err_msg=way)
 
 
 def test_frobenius_sq_diff_on_user_chains_matches_explicit_jacobians(x64):
     for name in ("nnx-two-linear", "nnx-conv"):
         fn, shape, _ = _user_encoders(jnp.float64)[name]
-        x = jax.random.normal(jax.random.key(4), (3, *shape), jnp.float64)
-        x2 = x + 0.1 * jax.random.normal(jax.random.key(5), x.shape, jnp.float64)
-        ja, jb = jacobian.jacobian(fn, x), jacobian.jacobian(fn, x2)
-        expected = jnp.sum((ja - jb).reshape(3, -1) ** 2, axis=1)
-        for mode in ("auto", "structured", "jacrev"):
-            got = jacobian.frobenius_sq_diff(fn, x, x2, mode=mode, chunk_size=2)
+        x = _randn(4, (3, *shape), jnp.float64)
+        x2 = x + 0.1 * _randn(5, x.shape, jnp.float64)
+        jac = jax.jit(lambda v, fn=fn: jacobian.jacobian(fn, v))
+        ja, jb = np.asarray(jac(x)), np.asarray(jac(x2))
+        expected = np.sum((ja - jb).reshape(3, -1) ** 2, axis=1)
+        diffs = jax.jit(
+            lambda a, b, fn=fn: {
+                mode: jacobian.frobenius_sq_diff(fn, a, b, mode=mode, chunk_size=2)
+                for mode in ("auto", "structured", "jacrev")
+            }
+        )(x, x2)
+        for mode, got in diffs.items():
             np.testing.assert_allclose(got, expected, rtol=1e-10, err_msg=f"{name} {mode}")
 
 
@@ -280,10 +314,10 @@ def test_forcing_a_structured_route_on_a_non_chain_names_the_primitive_and_line(
 
 
 def _shape_op_encoders():
-    k = jax.random.normal(jax.random.key(0), (3, 3, 1, 4), jnp.float64) / 3
-    kg = jax.random.normal(jax.random.key(1), (3, 3, 2, 4), jnp.float64) / 3
-    w = jax.random.normal(jax.random.key(2), (16, 6), jnp.float64) / 4
-    c = jax.random.normal(jax.random.key(3), (16,), jnp.float64)
+    k = _randn(0, (3, 3, 1, 4), jnp.float64) / 3
+    kg = _randn(1, (3, 3, 2, 4), jnp.float64) / 3
+    w = _randn(2, (16, 6), jnp.float64) / 4
+    c = _randn(3, (16,), jnp.float64)
 
     def conv(h, kernel, **kw):
         return jax.lax.conv_general_dilated(
@@ -334,9 +368,14 @@ def test_shape_ops_and_linear_variants_stay_exact(x64, name):
     encoders = _shape_op_encoders()
     assert sorted(encoders) == SHAPE_OPS
     fn = encoders[name]
-    x = jax.random.normal(jax.random.key(5), (3, *SHAPE), jnp.float64)
+    x = _randn(5, (3, *SHAPE), jnp.float64)
     report = jacobian.explain(fn, x)
     assert report.fallback is None, str(report)
-    for route in report.costs:
-        got = jacobian.frobenius_sq_route(fn, x, route)
-        np.testing.assert_allclose(got, _reference(fn, x), rtol=1e-10, err_msg=route)
+    routes = tuple(report.costs)
+    got = jax.jit(
+        lambda v: (
+            {r: jacobian.frobenius_sq_route(fn, v, r) for r in routes} | {"ref": _reference(fn, v)}
+        )
+    )(x)
+    for route in routes:
+        np.testing.assert_allclose(got[route], got["ref"], rtol=1e-10, err_msg=route)
