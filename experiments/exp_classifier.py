@@ -455,7 +455,10 @@ def _plot(path, tables: list[dict[str, dict[str, float]]], curves: dict[str, lis
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 3.6))
     for shift, column, label in ((-0.2, "probe_error", "linear probe"),
                                  (0.2, "finetuned_error", "fine-tuned MLP")):  # fmt: skip
-        ms = [stats.mean_se([100 * t[n][column] for t in tables]) for n in names]
+        ms = [  # one seed (--seeds 1): its value, no error bar
+            stats.mean_se(v) if len(v) >= 2 else (v[0], 0.0)
+            for v in ([100 * t[n][column] for t in tables] for n in names)
+        ]
         ax.bar(pos + shift, [m for m, _ in ms], 0.4, yerr=[e for _, e in ms], capsize=2,
                label=label)  # fmt: skip
     ax.set_xticks(pos, names, rotation=30, ha="right", fontsize=8)
