@@ -83,15 +83,15 @@ def _draw_size(n: int) -> int:
     return -(-n // _MAX_POW2_DRAW) * _MAX_POW2_DRAW
 
 
-def _sample(key, kind: str, size: int, dtype) -> jax.Array:
-    if kind == "uniform":  # U(-1, 1), as jax.nn.initializers.variance_scaling draws it
-        return jax.random.uniform(key, (size,), dtype, -1)
-    return jax.random.truncated_normal(key, -2, 2, (size,), dtype)
-
-
 @functools.partial(jax.jit, static_argnames=("kind", "size"))
 def _scaled_draw(key, scale, *, kind: str, size: int) -> jax.Array:
-    return _sample(key, kind, size, scale.dtype) * scale
+    """`size` draws of U(-1, 1) or N(0, 1) truncated to +-2 (as variance_scaling draws them),
+    times `scale` (a scalar in the parameter dtype)."""
+    if kind == "uniform":
+        flat = jax.random.uniform(key, (size,), scale.dtype, -1)
+    else:
+        flat = jax.random.truncated_normal(key, -2, 2, (size,), scale.dtype)
+    return flat * scale
 
 
 def _variance_scaling(key, shape, dtype, *, kind: str, fan: float) -> jax.Array:
@@ -109,9 +109,10 @@ def _variance_scaling(key, shape, dtype, *, kind: str, fan: float) -> jax.Array:
         scale = np.sqrt(np.asarray(3, dtype) * variance)
     else:  # the std of N(0, 1) truncated to +-2
         scale = np.sqrt(variance) / np.asarray(0.87962566103423978, dtype)
+    scale = jnp.asarray(scale, dtype)
     if isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
-        return (_sample(key, kind, n, dtype) * jnp.asarray(scale, dtype)).reshape(shape)
-    flat = _scaled_draw(key, jnp.asarray(scale, dtype), kind=kind, size=_draw_size(n))
+        return _scaled_draw(key, scale, kind=kind, size=n).reshape(shape)
+    flat = _scaled_draw(key, scale, kind=kind, size=_draw_size(n))
     # Slice on the host: a device slice would compile once per shape again.
     return jnp.asarray(np.asarray(flat)[:n].reshape(shape))
 

@@ -29,20 +29,17 @@ def fd_jacobian_sq(fn, x, eps=1e-6):
     return np.sum(cols**2, axis=(1, 2))
 
 
-def fsq(model, x, mode, route=None, **kwargs):
-    """`frobenius_sq` of `model.encode` (or `frobenius_sq_route`), jitted: one compile of the
-    whole route, where eager mode would dispatch and compile it one primitive at a time."""
-    if route is not None:
-        f = lambda m, xb: jacobian.frobenius_sq_route(m.encode, xb, route)  # noqa: E731
-    else:
-        f = lambda m, xb: jacobian.frobenius_sq(m.encode, xb, mode=mode, **kwargs)  # noqa: E731
-    return np.asarray(jax.jit(f)(model, x))
-
-
-def fsq_modes(model, x, modes):
-    """{mode: frobenius_sq} for several modes, from ONE jitted function (one compile)."""
-    f = lambda m, xb: {md: jacobian.frobenius_sq(m.encode, xb, mode=md) for md in modes}  # noqa: E731
+def fsq_modes(model, x, modes, **kwargs):
+    """{mode: `frobenius_sq` of `model.encode`} for several modes, from ONE jitted function:
+    one compile of all routes, where eager mode would compile them one primitive at a time."""
+    f = lambda m, xb: {  # noqa: E731
+        md: jacobian.frobenius_sq(m.encode, xb, mode=md, **kwargs) for md in modes
+    }
     return {md: np.asarray(v) for md, v in jax.jit(f)(model, x).items()}
+
+
+def fsq(model, x, mode, **kwargs):
+    return fsq_modes(model, x, [mode], **kwargs)[mode]
 
 
 def _mlp(hidden, act, key=0, input_shape=(3, 4)):
