@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable, Sequence
 
 import jax
@@ -373,8 +374,8 @@ class Autoencoder(nnx.Module):
                 raise TypeError(
                     f"{name} must be callable (an nnx module or a function), got {part!r}"
                 )
-        self.encoder = encoder
-        self.decoder = decoder
+        self.encoder = as_part("encoder", encoder)
+        self.decoder = as_part("decoder", decoder)
         self.output = output
 
     @property
@@ -394,6 +395,134 @@ class Autoencoder(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.decode(self.encode(x))
+
+
+# --------------------------------------------------------------------------------------------
+# Parts written with other JAX module libraries: Equinox modules, Linen modules with parameters
+
+
+def _is_array(leaf) -> bool:
+    return isinstance(leaf, jax.Array | np.ndarray | np.generic)
+
+
+class ArrayTreePart(nnx.Module):
+    """A callable pytree (an Equinox module, Linen parameters) as an nnx module.
+
+    Its floating-point array leaves become `nnx.Param` (what `fit` trains, checkpoints and
+    restores), other arrays `nnx.Variable` (carried unchanged); the tree structure and non-array
+    leaves (activation functions, sizes) stay static. The call rebuilds the tree from the current
+    arrays and calls it: no primitive is added, so `jax.make_jaxpr` of the part, and hence the
+    Jacobian engine's route, is the original's.
+    """
+
+    def __init__(self, tree):
+        leaves, self.treedef = jax.tree.flatten(tree)
+        self.static_leaves = tuple(None if _is_array(v) else v for v in leaves)
+        self.arrays = nnx.List(
+            [
+                nnx.Param(jnp.asarray(v))
+                if jnp.issubdtype(jnp.asarray(v).dtype, jnp.inexact)
+                else nnx.Variable(jnp.asarray(v))
+                for v in leaves
+                if _is_array(v)
+            ]
+        )
+
+    @property
+    def tree(self):
+        """The wrapped pytree holding the current (e.g. trained) arrays."""
+        arrays = iter(self.arrays)
+        leaves = [next(arrays)[...] if v is None else v for v in self.static_leaves]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+
+class EquinoxPart(ArrayTreePart):
+    """An Equinox module as an encoder/decoder (`Autoencoder` wraps one automatically);
+    `.module` is the Equinox module with the current arrays."""
+
+    @property
+    def module(self):
+        return self.tree
+
+    def __call__(self, *args):
+        return self.tree(*args)
+
+
+class LinenPart(ArrayTreePart):
+    """A Linen module with its parameters as an encoder/decoder: `from_linen(module, variables)`;
+    calls `module.apply({"params": params}, x)`. `.params` holds the current parameters."""
+
+    def __init__(self, module, params):
+        super().__init__(params)
+        self.module = module
+
+    @property
+    def params(self):
+        return self.tree
+
+    def __call__(self, *args):
+        return self.module.apply({"params": self.tree}, *args)
+
+
+def from_linen(module, variables) -> LinenPart:
+    """A Linen module and its variables as an encoder or decoder of `Autoencoder`.
+
+    Args:
+      module: a `flax.linen.Module` acting on ONE example (or one code).
+      variables: what `module.init(key, x)` returns, `{"params": ...}` (or the params tree
+        alone). Only parameters are supported: other collections (batch_stats, ...) are refused.
+
+    Returns:
+      A `LinenPart`: an nnx module whose parameters `fit` trains.
+    """
+    from flax import linen
+
+    if not isinstance(module, linen.Module):
+        raise TypeError(f"from_linen needs a flax.linen.Module, got {type(module).__name__}")
+    if module.scope is not None:  # bound: keep the module definition, not its scope
+        module = module.clone(parent=None)
+    variables = dict(variables)
+    params = variables.pop("params", None) if "params" in variables else variables
+    if "params" in variables or (params is not variables and variables):
+        raise ValueError(
+            f"from_linen trains the 'params' collection only; got the collections "
+            f"{sorted(variables)} besides it (Linen batch statistics are not supported)"
+        )
+    return LinenPart(module, params)
+
+
+def _library_module(name: str) -> type | None:
+    """`name`'s module base class, if that library is already imported (never imports it)."""
+    lib = sys.modules.get(name)
+    return None if lib is None else getattr(lib, "Module", None)
+
+
+def as_part(name: str, part):
+    """The encoder or decoder `part` as `Autoencoder` holds it: nnx modules and plain functions
+    as they are, Equinox modules as `EquinoxPart`, bound Linen modules as `from_linen`;
+    anything else holding arrays is refused with one line saying what is supported."""
+    if isinstance(part, nnx.Module):
+        return part
+    eqx_module = _library_module("equinox")
+    if eqx_module is not None and isinstance(part, eqx_module):
+        return EquinoxPart(part)
+    linen_module = _library_module("flax.linen")
+    if linen_module is not None and isinstance(part, linen_module):
+        if part.scope is None:
+            raise TypeError(
+                f"{name} is a Linen module without parameters: pass "
+                f"aecore.models.from_linen(module, module.init(key, x)) (or a bound module)"
+            )
+        return from_linen(*part.unbind())
+    attrs = getattr(part, "__dict__", {})
+    leaves = jax.tree.leaves([part, dict(attrs)])
+    if any(hasattr(v, "shape") and hasattr(v, "dtype") for v in leaves):
+        raise TypeError(
+            f"{name} {type(part).__name__} holds arrays but is neither an nnx module, an "
+            "Equinox module nor a Linen module (aecore.models.from_linen(module, params)): "
+            "those are the parts whose arrays aecore trains"
+        )
+    return part
 
 
 def _as_key(key) -> jax.Array:
