@@ -129,6 +129,8 @@ def load_data(
         "num_test": int(ds.x_test.shape[0]),
         "train_min": float(ds.x_train.min()),  # raw units, before normalization
         "train_max": float(ds.x_train.max()),
+        "data_min": float(min(ds.x_train.min(), ds.x_test.min())),  # the whole file: it encodes
+        "data_max": float(max(ds.x_train.max(), ds.x_test.max())),
         "sha256": digest.hexdigest(),
     }
     lo, hi = float(min(x_train.min(), x_test.min())), float(max(x_train.max(), x_test.max()))

@@ -280,6 +280,40 @@ def test_linear_is_full_batch_on_a_small_file(tmp_path):
         assert ckpt.read_meta()["config"] == {}
 
 
+def test_encode_takes_the_real_valued_file_the_model_was_trained_on(tmp_path):
+    """`aecore train linear --data wine.npy` (scikit-learn's wine, standardized), then `aecore
+    encode` of wine.npy itself: its held-out split lies beyond the training split's range."""
+    from sklearn.datasets import load_wine
+
+    x = load_wine().data
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    np.save(tmp_path / "wine.npy", x)
+    wd, out = tmp_path / "wd", str(tmp_path / "codes.npy")
+    proc = _run(
+        "train", "linear", "--data", tmp_path / "wine.npy", "--workdir", wd,
+        "--config.train.num_steps=20", "--config.train.progress=false",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((wd / "data.json").read_text())
+    assert record["data_min"] < record["train_min"] - 0.1 * (
+        record["train_max"] - record["train_min"]
+    )  # the case of the issue: the training split's range widened by 10% misses the file
+    codes = main(["encode", str(wd), "--data", str(tmp_path / "wine.npy"), "--out", out])
+    assert codes.shape[0] == 178 and np.isfinite(codes).all()
+    x_far = x.copy()
+    x_far[0, 0] = 1e3  # one extreme value cannot trip the check
+    np.save(tmp_path / "far1.npy", x_far)
+    assert main(["encode", str(wd), "--data", str(tmp_path / "far1.npy"), "--out", out]).shape
+    np.save(tmp_path / "x3.npy", 3 * x)  # wrongly scaled: many values far beyond
+    proc = _run("encode", wd, "--data", tmp_path / "x3.npy", "--out", out)
+    assert proc.returncode == 2 and "% of the values (at most 1% may be)" in _errors(proc)[0]
+    # A data.json written before the whole file's range was recorded still reads.
+    old = {k: v for k, v in record.items() if k not in ("data_min", "data_max")}
+    (wd / "data.json").write_text(json.dumps(old))
+    assert main(["encode", str(wd), "--data", str(tmp_path / "wine.npy"), "--out", out]).shape
+    assert _run("encode", wd, "--data", tmp_path / "x3.npy", "--out", out).returncode == 2
+
+
 def test_batch_size_none_is_the_whole_training_set():
     x = np.random.default_rng(0).uniform(size=(40, 6)).astype(np.float32)
     obj = Objective(loss="squared_error")
