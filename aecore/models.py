@@ -497,10 +497,25 @@ def _library_module(name: str) -> type | None:
     return None if lib is None else getattr(lib, "Module", None)
 
 
+def _from_to_nnx(part) -> LinenPart:
+    """An `nnx.bridge.ToNNX`-wrapped (and initialized) Linen module as `from_linen`."""
+    other = nnx.state(part, nnx.Not(nnx.Any(nnx.Param, nnx.RngState)))
+    if jax.tree.leaves(other):
+        raise ValueError(
+            "from_linen trains the 'params' collection only; this nnx.bridge.ToNNX module holds "
+            "other state besides it (Linen batch statistics are not supported)"
+        )
+    params = nnx.to_pure_dict(nnx.state(part, nnx.Param))
+    return from_linen(part.to_nnx__module, {"params": params})
+
+
 def as_part(name: str, part):
     """The encoder or decoder `part` as `Autoencoder` holds it: nnx modules and plain functions
-    as they are, Equinox modules as `EquinoxPart`, bound Linen modules as `from_linen`;
+    as they are, Equinox modules as `EquinoxPart`, bound Linen modules and Linen modules wrapped
+    by `nnx.bridge.ToNNX` as `from_linen`;
     anything else holding arrays is refused with one line saying what is supported."""
+    if isinstance(part, nnx.bridge.ToNNX):  # its RNG counter cannot be advanced under vmap
+        return _from_to_nnx(part)
     if isinstance(part, nnx.Module):
         return part
     eqx_module = _library_module("equinox")

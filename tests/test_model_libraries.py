@@ -158,6 +158,21 @@ def test_exact_penalty_takes_the_route_of_aecores_own_mlp(library, x64):
     np.testing.assert_allclose(jacobian.frobenius_sq(model.encode, x), exact, rtol=1e-12)
 
 
+def test_a_linen_module_through_nnx_bridge_becomes_a_linen_part():
+    bridged = nnx.bridge.ToNNX(LinenEncoder(), rngs=nnx.Rngs(0))
+    nnx.bridge.lazy_init(bridged, jnp.zeros(D))
+    x = jnp.asarray(_data(8))
+    expect = bridged(x[0])  # eagerly: under vmap its RNG counter raises TraceContextError
+    dec = nn.Dense(D)
+    model = aecore.Autoencoder(
+        bridged, dec.bind(dec.init(jax.random.key(1), jnp.zeros(K))), output="sigmoid"
+    )
+    assert isinstance(model.encoder, models.LinenPart)
+    np.testing.assert_allclose(jax.vmap(model.encode)(x)[0], expect, rtol=1e-6)
+    result = train.fit(model, OBJ, _data(), config=_config(num_steps=2, progress=False))
+    assert result.step == 2
+
+
 def test_anything_else_holding_arrays_is_refused_in_one_line():
     class Holder:  # neither nnx, Equinox nor Linen: its array could not be trained
         def __init__(self):
