@@ -10,10 +10,11 @@ The model protocol (what `fit`, `objective_terms` and `aecore.evaluate` call):
     "squared_error" reads `decode` (equal to the logits when output="identity").
   Batch with `jax.vmap` (or `apply_batch`) at the call site, so `jax.jacrev(model.encode)` is the
   exact Jacobian of one example. `Autoencoder(encoder, decoder, output=)` turns any two callables
-  (flax.nnx modules, plain functions) into such a model: the encoder is called `encoder(x)`, the
-  decoder `decoder(h)`; a decoder that reuses the encoder's weights (tied) sets the class
-  attribute `uses_encoder = True` and is called `decoder(h, encoder)`, so each weight exists
-  once in the model (one array, one gradient, one optimizer update).
+  (flax.nnx modules, Equinox modules, Linen modules via `from_linen`, plain functions) into
+  such a model: the encoder is called `encoder(x)`, the decoder `decoder(h)`; a decoder that
+  reuses the encoder's weights (tied) sets the class attribute `uses_encoder = True` and is
+  called `decoder(h, encoder)`, so each weight exists once in the model (one array, one
+  gradient, one optimizer update).
 
 Modules may hold non-parameter state: RNG streams (`nnx.Dropout`), batch statistics
 (`nnx.BatchNorm(..., axis_name=BATCH_AXIS)`, which reduces over the examples of a batch under
