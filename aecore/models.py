@@ -406,6 +406,12 @@ def _is_array(leaf) -> bool:
     return isinstance(leaf, jax.Array | np.ndarray | np.generic)
 
 
+def _as_variable(leaf) -> nnx.Variable:
+    """Floating-point arrays are trained (`nnx.Param`); others (integers, keys) are carried."""
+    array = jnp.asarray(leaf)
+    return nnx.Param(array) if jnp.issubdtype(array.dtype, jnp.inexact) else nnx.Variable(array)
+
+
 class ArrayTreePart(nnx.Module):
     """A callable pytree (an Equinox module, Linen parameters) as an nnx module.
 
@@ -419,15 +425,7 @@ class ArrayTreePart(nnx.Module):
     def __init__(self, tree):
         leaves, self.treedef = jax.tree.flatten(tree)
         self.static_leaves = tuple(None if _is_array(v) else v for v in leaves)
-        self.arrays = nnx.List(
-            [
-                nnx.Param(jnp.asarray(v))
-                if jnp.issubdtype(jnp.asarray(v).dtype, jnp.inexact)
-                else nnx.Variable(jnp.asarray(v))
-                for v in leaves
-                if _is_array(v)
-            ]
-        )
+        self.arrays = nnx.List([_as_variable(v) for v in leaves if _is_array(v)])
 
     @property
     def tree(self):
@@ -483,8 +481,10 @@ def from_linen(module, variables) -> LinenPart:
     if module.scope is not None:  # bound: keep the module definition, not its scope
         module = module.clone(parent=None)
     variables = dict(variables)
-    params = variables.pop("params", None) if "params" in variables else variables
-    if "params" in variables or (params is not variables and variables):
+    if "params" not in variables:  # the params tree alone
+        variables = {"params": variables}
+    params = variables.pop("params")
+    if variables:
         raise ValueError(
             f"from_linen trains the 'params' collection only; got the collections "
             f"{sorted(variables)} besides it (Linen batch statistics are not supported)"
@@ -513,8 +513,8 @@ def _from_to_nnx(part) -> LinenPart:
 def as_part(name: str, part):
     """The encoder or decoder `part` as `Autoencoder` holds it: nnx modules and plain functions
     as they are, Equinox modules as `EquinoxPart`, bound Linen modules and Linen modules wrapped
-    by `nnx.bridge.ToNNX` as `from_linen`;
-    anything else holding arrays is refused with one line saying what is supported."""
+    by `nnx.bridge.ToNNX` as `from_linen`; anything else holding arrays is refused in one line
+    saying what is supported."""
     if isinstance(part, nnx.bridge.ToNNX):  # its RNG counter cannot be advanced under vmap
         return _from_to_nnx(part)
     if isinstance(part, nnx.Module):

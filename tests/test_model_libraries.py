@@ -189,6 +189,10 @@ def test_anything_else_holding_arrays_is_refused_in_one_line():
         aecore.Autoencoder(LinenEncoder(), dec, output="sigmoid")
     with pytest.raises(ValueError, match=r"'params' collection only.*\['batch_stats'\]"):
         models.from_linen(LinenEncoder(), {"params": {}, "batch_stats": {}})
+    variables = LinenEncoder().init(jax.random.key(0), jnp.zeros(D))
+    bare = models.from_linen(LinenEncoder(), variables["params"])  # the params tree alone
+    x = jnp.ones(D)
+    np.testing.assert_array_equal(bare(x), LinenEncoder().apply(variables, x))
     with pytest.raises(TypeError, match="from_linen needs a flax.linen.Module, got Holder"):
         models.from_linen(Holder(), {})
     plain = aecore.Autoencoder(lambda x: x[:K], lambda h: jnp.tile(h, 4), output="identity")
