@@ -148,8 +148,8 @@ def _parser() -> argparse.ArgumentParser:
         "codes [N, d_z] as a .npy file. A .npy file is encoded in its own order; a dataset "
         "name or other file is encoded as its train split followed by its test split. Inputs "
         "are normalized with the training statistics of the run. Data of which more than "
-        f"{100 * RANGE_FRACTION:g}%% of the values lie beyond the [min, max] of the file the run "
-        f"was trained from by more than {100 * RANGE_MARGIN:g}%% of its span (e.g. 0..16 pixels "
+        f"{100 * RANGE_FRACTION:g}% of the values lie beyond the [min, max] of the file the run "
+        f"was trained from by more than {100 * RANGE_MARGIN:g}% of its span (e.g. 0..16 pixels "
         "for a model of [0, 1] data) is refused, since its codes are extrapolations, often "
         "saturated, unless --allow-out-of-range; the training file itself always encodes.",
     )

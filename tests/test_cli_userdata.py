@@ -312,6 +312,11 @@ def test_encode_takes_the_real_valued_file_the_model_was_trained_on(tmp_path):
     (wd / "data.json").write_text(json.dumps(old))
     assert main(["encode", str(wd), "--data", str(tmp_path / "wine.npy"), "--out", out]).shape
     assert _run("encode", wd, "--data", tmp_path / "x3.npy", "--out", out).returncode == 2
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as text:
+        main(["encode", "--help"])  # --help states the rule
+    assert "more than 1% of the values lie beyond the [min, max]" in " ".join(
+        text.getvalue().split()
+    )
 
 
 def test_batch_size_none_is_the_whole_training_set():
