@@ -39,7 +39,11 @@ def _assert_exact(make_fn, params, x, mode="auto", rtol=1e-10, gradients=True):
 
     def pen(p, use_ref):
         fn = make_fn(p)
-        return _reference(fn, x) if use_ref else jacobian.frobenius_sq(fn, x, mode=mode)
+        if use_ref:
+            return _reference(fn, x)
+        if "/" in mode:  # one named route of `explain`
+            return jacobian.frobenius_sq_route(fn, x, mode)
+        return jacobian.frobenius_sq(fn, x, mode=mode)
 
     def values_and_grads(p):  # engine (False) and reference (True), one compiled function
         values = {r: pen(p, r) for r in (False, True)}
@@ -167,10 +171,15 @@ def test_random_chain_breakers_fall_back_and_stay_exact(x64, chain, breaker, tai
         return ACTS[tail](h) if tail else h
 
     report = jacobian.explain(functools.partial(fn, params), x)
-    assert report.fallback is not None and report.choice in ("jacrev", "jacfwd"), report
-    # The fallback IS autodiff: its gradients would be compared with themselves; the values
-    # guard against a misread structure all the same.
-    _assert_exact(lambda p: functools.partial(fn, p), params, x, gradients=False)
+    assert report.fallback is not None and "structured/direct" not in report.costs, report
+    # Whole-function autodiff's gradients would be compared with themselves; the values guard
+    # against a misread structure all the same. The peel (a leading affine map, then autodiff
+    # of the rest) is checked in values and gradients under every inner mode.
+    peels = [r for r in report.costs if r.startswith("peel")]
+    assert bool(peels) == (report.structure != "not a chain"), report
+    for mode in ("auto", *peels):
+        grads = mode.startswith("peel") or report.choice.startswith("peel")
+        _assert_exact(lambda p: functools.partial(fn, p), params, x, mode=mode, gradients=grads)
 
 
 # --- encoders a user writes: nnx layers, plain jnp, linen, under jit / vmap / chunking ----------
