@@ -20,7 +20,7 @@ import numpy as np
 
 from aecore import _checks
 from aecore.jacobian import routes, trace
-from aecore.jacobian.routes import CONV_MARGIN, STRUCTURED_PRODUCTS
+from aecore.jacobian.routes import STRUCTURED_PRODUCTS
 
 __all__ = [
     "MODES",
@@ -54,7 +54,6 @@ class Explanation:
     costs: dict[str, int]
     choice: str
     fallback: str | None
-    conv_margin: bool = False
 
     def __str__(self) -> str:
         lines = [f"structure: {self.structure}"]
@@ -62,8 +61,6 @@ class Explanation:
             lines.append(f"fallback:  {self.fallback}")
         for route, macs in sorted(self.costs.items(), key=lambda kv: kv[1]):
             mark = "  <- auto" if route == self.choice else ""
-            if route.startswith("structured") and self.conv_margin and not mark:
-                mark = f"  (over convolutions: must save {CONV_MARGIN}x to be chosen)"
             lines.append(f"  {route:<18} {macs / 1e6:>12.2f} M multiply-adds{mark}")
         return "\n".join(lines)
 
@@ -97,7 +94,7 @@ class _Engine:
         self.costs = routes.route_costs(self.program, self.chain, self.peel, x.shape[0])
 
     def best(self, allowed=None) -> str:
-        return routes.choose(self.costs, self.chain, allowed)
+        return routes.choose(self.costs, allowed)
 
     def describe(self) -> str:
         if self.chain is not None:
@@ -283,7 +280,6 @@ def explain(fn: Callable, x: jax.Array) -> Explanation:
         dict(engine.costs),
         engine.best(),
         engine.reason,
-        routes.has_conv(engine.chain),
     )
 
 

@@ -15,10 +15,6 @@ from aecore.jacobian import rules, trace
 from aecore.jacobian.trace import Block, Chain
 
 STRUCTURED_PRODUCTS = ("direct", "gram")
-# Measured (benchmarks, conv-28x28x1-32 on XLA:CPU): rows pulled back through convolutions by
-# batched transposed convolutions run at ~2/3 of jacrev's throughput, so a structured route over
-# a chain with convolutions must save this factor in multiply-adds before `auto` prefers it.
-CONV_MARGIN = 1.5
 
 
 @jax.custom_vjp
@@ -141,20 +137,14 @@ def _chain_costs(chain: Chain, batch: int, k: int, forward: int) -> dict[str, in
     }
 
 
-def has_conv(chain: Chain | None) -> bool:
-    return chain is not None and any(
-        op.name == "conv_general_dilated" for b in chain.linear for op in b.ops
-    )
+def choose(costs: dict[str, int], allowed=None) -> str:
+    """The cheapest route of `costs` (restricted to `allowed`); ties go to the structured and
+    peel routes (listed last), then to jacrev.
 
-
-def choose(costs: dict[str, int], chain: Chain | None, allowed=None) -> str:
-    """The cheapest route of `costs` (restricted to `allowed`), structured routes over
-    convolutions charged CONV_MARGIN; ties go to the structured routes, then to jacrev."""
+    Rows pulled back through a convolution by the conv rule's own gradient run at about
+    jacrev's throughput (benchmarks, conv-28-c32s2-c64s2-d16), so multiply-adds compare fairly.
+    """
     options = {r: c for r, c in costs.items() if allowed is None or r in allowed}
-    if has_conv(chain):
-        options = {
-            r: c * CONV_MARGIN if r.startswith("structured") else c for r, c in options.items()
-        }
     order = list(costs)[::-1]
     return min(options, key=lambda r: (options[r], order.index(r)))
 
@@ -193,11 +183,31 @@ def matrix(ctx: Context, block: Block) -> jax.Array:
 
 
 def pull(ctx: Context, block: Block, rows: jax.Array) -> jax.Array:
-    """rows · A for rows [k, n_out]: each row pulled back through the linear map, [k, n_in]."""
-    zero = jnp.zeros(_size(block.in_shape), ctx.dtype(block.src))
-    _, vjp = jax.vjp(_flat_linear(ctx, block), zero)
+    """rows · A for rows [k, n_out]: each row pulled back through the linear map, [k, n_in].
+
+    One vjp of the whole block, unless a rule pulls rows back through one of its equations
+    faster (a convolution): then equation by equation, from the last.
+    """
     rows = rows.astype(ctx.dtype(block.dst))
-    return jax.vmap(lambda r: vjp(r)[0])(rows)
+    if all(type(rules.rule_for(op)).pull is rules.Rule.pull for op in block.ops):
+        zero = jnp.zeros(_size(block.in_shape), ctx.dtype(block.src))
+        _, vjp = jax.vjp(_flat_linear(ctx, block), zero)
+        return jax.vmap(lambda r: vjp(r)[0])(rows)
+    rows = rows.reshape(-1, *block.out_shape)
+    for op in reversed(block.ops):
+        vals = [v.value if isinstance(v, trace.Lit) else ctx.env.get(v) for v in op.ins]
+        rule, d = rules.rule_for(op), op.dep[0]
+        pulled = rule.pull(op, vals, rows)
+        if pulled is None:
+            aval = op.eqn.invars[d].aval
+
+            def lin(v, op=op, vals=vals, rule=rule, d=d):
+                return rule.linear_part(op, [v if i == d else u for i, u in enumerate(vals)])
+
+            _, vjp = jax.vjp(lin, jnp.zeros(aval.shape, aval.dtype))
+            pulled = jax.vmap(lambda r, vjp=vjp: vjp(r)[0])(rows)
+        rows = pulled
+    return rows.reshape(rows.shape[0], -1)
 
 
 def row_norms(ctx: Context, block: Block) -> jax.Array:

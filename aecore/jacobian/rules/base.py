@@ -39,6 +39,11 @@ class Rule:
         vals[op.dep[0]] while the rows have disjoint supports (`disjoint`); None if unknown."""
         return None
 
+    def pull(self, op, vals: list, rows):
+        """rows · A for rows [R, *out] of the equation's linear part, [R, *in]; None: the
+        caller pulls them back by autodiff (a rule gives this only where it is faster)."""
+        return None
+
     def macs(self, op) -> int:
         """Multiply-adds of one application (default: one per output entry)."""
         return size(getattr(op.eqn.outvars[0].aval, "shape", ()))
