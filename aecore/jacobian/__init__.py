@@ -43,11 +43,13 @@ class Explanation:
     """What the engine found in `fn` and what each exact route costs.
 
     Attributes:
-      structure: the chain, e.g. "dense 784→256 · sigmoid", or "not a chain".
+      structure: the chain, e.g. "dense 784→256 · sigmoid", or the block structure of another
+        function, e.g. "dense 3072→512 | residual[layer_norm · dense 512→512 · gelu] ×2 |
+        dense 512→64 · tanh" (parts between " | ", the first an affine map the peel uses).
       costs: multiply-adds per batch of every exact route that applies.
       choice: the route `mode="auto"` runs.
       fallback: for a function that is not a chain, the primitive and source line that stopped
-        the analysis; None for a chain.
+        the chain analysis; None for a chain.
     """
 
     structure: str
@@ -58,7 +60,11 @@ class Explanation:
     def __str__(self) -> str:
         lines = [f"structure: {self.structure}"]
         if self.fallback:
-            lines.append(f"fallback:  {self.fallback}")
+            lines.append(f"not a chain: {self.fallback}")
+        if self.choice.startswith("peel"):
+            first, rest = self.structure.split(" | ", 1)
+            lines.append(f"auto:      {first} by its Gram matrix (once per batch) ×")
+            lines.append(f"           {self.choice.split('/')[1]} of [{rest}]")
         for route, macs in sorted(self.costs.items(), key=lambda kv: kv[1]):
             mark = "  <- auto" if route == self.choice else ""
             lines.append(f"  {route:<18} {macs / 1e6:>12.2f} M multiply-adds{mark}")
@@ -99,7 +105,10 @@ class _Engine:
     def describe(self) -> str:
         if self.chain is not None:
             return self.chain.describe()
-        return self.peel.describe() if self.peel is not None else "not a chain"
+        if self.peel is not None:
+            return self.peel.describe()
+        lv = trace.live(self.program)
+        return trace.describe_ops(lv.ops, 0)
 
     def route_for(self, mode: str, fn_name: str) -> str:
         if mode == "auto":

@@ -193,7 +193,7 @@ def pull(ctx: Context, block: Block, rows: jax.Array) -> jax.Array:
         zero = jnp.zeros(_size(block.in_shape), ctx.dtype(block.src))
         _, vjp = jax.vjp(_flat_linear(ctx, block), zero)
         return jax.vmap(lambda r: vjp(r)[0])(rows)
-    rows = rows.reshape(-1, *block.out_shape)
+    rows = rows.reshape(rows.shape[0], *block.out_shape)
     for op in reversed(block.ops):
         vals = [v.value if isinstance(v, trace.Lit) else ctx.env.get(v) for v in op.ins]
         rule, d = rules.rule_for(op), op.dep[0]
@@ -207,7 +207,7 @@ def pull(ctx: Context, block: Block, rows: jax.Array) -> jax.Array:
             _, vjp = jax.vjp(lin, jnp.zeros(aval.shape, aval.dtype))
             pulled = jax.vmap(lambda r, vjp=vjp: vjp(r)[0])(rows)
         rows = pulled
-    return rows.reshape(rows.shape[0], -1)
+    return rows.reshape(rows.shape[0], _size(block.in_shape))
 
 
 def row_norms(ctx: Context, block: Block) -> jax.Array:

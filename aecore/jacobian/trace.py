@@ -292,10 +292,104 @@ class Peel:
     rest: list[Op]
 
     def describe(self) -> str:
-        names = [rules.rule_for(op).label(op) if rules.rule_for(op) else None for op in self.rest]
-        named = [n for n in names if n]
-        inner = f"{len(self.rest)} equations" + (f": {', '.join(named)}" if named else "")
-        return f"{self.first.describe()} | rest by autodiff [{inner}]"
+        return f"{self.first.describe()} | {describe_ops(self.rest, self.first.dst)}"
+
+
+def _op_label(op: Op) -> str | None:
+    rule = rules.rule_for(op)
+    if rule is not None and type(rule) is not type(rules.elementwise.RULE):
+        return rule.label(op)  # dense, conv; shape ops are not named
+    if rule is not None and rule.linear(op) and len(op.dep) == 1:
+        return None  # a bias, a constant scale
+    return elementwise.label(op)
+
+
+def _cuts(ops: list[Op], start: int) -> list[int]:
+    """Indices j after which the only x-dependent value still needed is ops[j]'s output."""
+    last_use: dict[int, int] = {}
+    for j, op in enumerate(ops):
+        for i in op.dep:
+            last_use[op.ins[i]] = j
+    alive, cuts = {start}, []
+    for j, op in enumerate(ops):
+        alive = {v for v in alive if last_use.get(v, -1) > j} | set(op.outs)
+        if len(op.outs) == 1 and alive == set(op.outs):
+            cuts.append(j)
+    return cuts
+
+
+def _labels(ops: list[Op]) -> str:
+    labels: list[str] = []
+    for op in ops:
+        label = _op_label(op)
+        if label and (not labels or labels[-1] != label):  # gelu's equations say it once
+            labels.append(label)
+    return " · ".join(labels)
+
+
+def _describe_part(ops: list[Op], start: int) -> str:
+    """A part between two cuts that branches: named by how its branches meet (residual,
+    gating, concat) or by what it computes (a normalisation)."""
+    names = {op.name for op in ops}
+    reductions = sum(op.name == "reduce_sum" for op in ops)
+    if reductions and not names & {"dot_general", "conv_general_dilated"}:
+        if not names & {"rsqrt", "sqrt", "pow"}:
+            return "centre"  # h − mean(h), the first half of a LayerNorm written out
+        return "layer_norm" if reductions >= 2 else "rms_norm"
+    last = ops[-1]
+    dep_ins = [last.ins[i] for i in last.dep]
+    if last.name in ("add", "add_any", "sub") and start in dep_ins and len(dep_ins) == 2:
+        inner = ops[:-1]
+        return f"residual[{describe_ops(inner, start, ' · ') if inner else 'identity'}]"
+    kind = {"mul": "gating", "concatenate": "concat"}.get(last.name, "block")
+    return f"{kind}[{_labels(ops)}]"
+
+
+def describe_ops(ops: list[Op], start: int, sep: str = " | ") -> str:
+    """The block structure of x-dependent equations from the value `start`, e.g.
+    "residual[layer_norm · dense 512→512 · gelu] ×2 | dense 512→64 · tanh": runs of
+    equations with one x-dependent operand are paths, the rest parts between cuts."""
+    parts: list[list] = []  # ["path", labels] or [name]
+    begin, src = 0, start
+    for j in [*_cuts(ops, start), len(ops) - 1]:
+        if j < begin:
+            continue
+        part = ops[begin : j + 1]
+        shape = tuple(getattr(program_aval(part[0], src), "shape", ()))
+        if all(len(op.dep) == 1 for op in part):
+            labels = [_labels(part)] if _labels(part) else []
+        elif all(elementwise.is_elementwise(op, shape) for op in part):  # gelu, swish
+            labels = ["+".join(dict.fromkeys(elementwise.label(op) for op in part))]
+        else:
+            labels = None
+        if labels is None:
+            parts.append([_describe_part(part, src)])
+        elif parts and parts[-1][0] == "path":
+            parts[-1][1].extend(labels)
+        else:
+            parts.append(["path", labels])
+        begin, src = j + 1, ops[j].outs[0]
+    return sep.join(
+        _merge([" · ".join(p[1]) or "reshape" if p[0] == "path" else p[0] for p in parts])
+    )
+
+
+def program_aval(op: Op, value: int):
+    """The abstract value of `value` where `op` reads it."""
+    return next(v.aval for v, i in zip(op.eqn.invars, op.ins, strict=True) if i == value)
+
+
+def _merge(names: list[str]) -> list[str]:
+    """A written-out LayerNorm (centre, then rms_norm) as one name; repeated blocks as ×n."""
+    merged: list[list] = []
+    for name in names:
+        if merged and merged[-1] == ["centre", 1] and name == "rms_norm":
+            merged[-1][0] = "layer_norm"
+        elif merged and merged[-1][0] == name and name.startswith(("residual", "gating", "block")):
+            merged[-1][1] += 1
+        else:
+            merged.append([name, 1])
+    return [n if k == 1 else f"{n} ×{k}" for n, k in merged]
 
 
 def peel(program: Program) -> Peel | None:
