@@ -237,6 +237,7 @@ class UserSpec:
     hidden: tuple[int, ...]
     kind: str
     own: str | None = None
+    only: tuple[str, ...] | None = None  # the routes worth timing (None: all that apply)
     is_mlp = False
 
     def build(self, key: int = 0):
@@ -252,6 +253,10 @@ class UserSpec:
         dec = MLPDecoder(code, dec_hidden, acts, self.input_shape, key=jax.random.key(key + 1))
         return Autoencoder(enc, dec, output="sigmoid")
 
+
+# jacfwd costs 50-100× the other exact routes on the wide models below (explain's
+# multiply-adds): one step would take minutes, so those rows time the rest.
+_BEYOND_CHAINS = ("plain", "auto", "structured", "peel", "peeled_ref", "jacrev", "hutchinson")
 
 _USER_ENCODERS = {
     "jnp": lambda d, hidden, key: UserJnp(d, hidden[-1], key),
@@ -275,10 +280,14 @@ MODELS = {
     "user-nnx-784-256-32": UserSpec((784,), (256, 32), "nnx", own="mlp-784-256-32"),
     "user-jnp-784-256": UserSpec((784,), (256,), "jnp", own="mlp-784-256-tanh"),
     "user-conv-28x28x1-16": UserSpec((28, 28, 1), (16,), "conv"),
-    "res-ln-mlp-3072": UserSpec((3072,), (512, 64), "res-ln-nnx"),
-    "res-ln-mlp-3072-jnp": UserSpec((3072,), (512, 64), "res-ln-jnp"),
-    "conv-28-c32s2-c64s2-d16": UserSpec((28, 28, 1), (32, 64, 16), "conv-stack-nnx"),
-    "conv-28-c32s2-c64s2-d16-jnp": UserSpec((28, 28, 1), (32, 64, 16), "conv-stack-jnp"),
+    "res-ln-mlp-3072": UserSpec((3072,), (512, 64), "res-ln-nnx", only=_BEYOND_CHAINS),
+    "res-ln-mlp-3072-jnp": UserSpec((3072,), (512, 64), "res-ln-jnp", only=_BEYOND_CHAINS),
+    "conv-28-c32s2-c64s2-d16": UserSpec(
+        (28, 28, 1), (32, 64, 16), "conv-stack-nnx", only=_BEYOND_CHAINS
+    ),
+    "conv-28-c32s2-c64s2-d16-jnp": UserSpec(
+        (28, 28, 1), (32, 64, 16), "conv-stack-jnp", only=_BEYOND_CHAINS
+    ),
 }
 QUICK_MODELS = (
     "mlp-784-256",
@@ -300,6 +309,8 @@ def applicable_routes(spec, routes: Sequence[str]) -> list[str]:
     costs = _explain(spec).costs
     out = []
     for r in routes:
+        if getattr(spec, "only", None) is not None and r not in spec.only:
+            continue
         if r == "closed_form" and "closed_form" not in costs:
             continue
         if r == "structured" and not any(c.startswith(("structured", "closed")) for c in costs):
@@ -541,7 +552,36 @@ def run_model(
         r["gflops_achieved"] = gflop / (ms / 1e3) if gflop and np.isfinite(gflop) else None
         r["memory_kind"] = "xla_temp_bytes" if r["route"] != "torch_jacrev" else "n/a"
         r["route_resolved"], r["macs"] = _resolved(report, r["route"])
+    add_route_order(out)
+    auto = next((r for r in out if r["route"] == "auto"), None)
+    if auto and auto.get("measured_order"):
+        log(
+            f"  predicted order {' < '.join(auto['predicted_order'])}; measured "
+            f"{' < '.join(auto['measured_order'])}; auto ÷ fastest {auto['auto_over_fastest']:.2f}"
+        )
     return out
+
+
+# Engine routes that compute the exact penalty (auto is one of them; peeled_ref is hand-written).
+EXACT_ENGINE_ROUTES = ("closed_form", "structured", "peel", "jacfwd", "jacrev")
+
+
+def add_route_order(records: list[dict]) -> None:
+    """On the `auto` record: the exact engine routes measured, ordered by the cost model's
+    multiply-adds (`predicted_order`) and by median time (`measured_order`), and
+    `auto_over_fastest` = auto's ms ÷ the fastest of them (the cost model's target: ≤ 1.2)."""
+    auto = next((r for r in records if r["route"] == "auto"), None)
+    timed = {
+        r["route_resolved"]: r
+        for r in records
+        if r["route"] in EXACT_ENGINE_ROUTES and r.get("macs") and r.get("reps", 0) >= 1
+    }
+    if auto is None or not timed:
+        return
+    auto["predicted_order"] = sorted(timed, key=lambda k: timed[k]["macs"])
+    auto["measured_order"] = sorted(timed, key=lambda k: timed[k]["ms_per_step"])
+    fastest = min(r["ms_per_step"] for r in timed.values())
+    auto["auto_over_fastest"] = auto["ms_per_step"] / fastest
 
 
 def _resolved(report: jacobian.Explanation, route: str) -> tuple[str, int | None]:

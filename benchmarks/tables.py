@@ -139,6 +139,22 @@ def user_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def order_table(records: list[dict]) -> str:
+    """The cost model against the clock: exact routes by predicted multiply-adds and by time."""
+    lines = [
+        "| model | auto runs | predicted order (multiply-adds) | measured order (ms) "
+        "| auto ÷ fastest exact |",
+        "|---|---|---|---|---:|",
+    ]
+    for r in records:
+        if r["route"] == "auto" and r.get("measured_order"):
+            lines.append(
+                f"| {r['model']} | {r['route_resolved']} | {' < '.join(r['predicted_order'])} "
+                f"| {' < '.join(r['measured_order'])} | {r['auto_over_fastest']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="a results JSON written by benchmarks.jacobian")
@@ -158,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(sweep_table(payload["sweep"]))
     print()
     print(headline_table(payload["records"]))
+    if any(r.get("measured_order") for r in payload["records"]):
+        print()
+        print(order_table(payload["records"]))
     if any(r["model"].startswith("user-") for r in payload["records"]):
         print()
         print(user_table(payload["records"]))

@@ -62,9 +62,11 @@ class Explanation:
         if self.fallback:
             lines.append(f"not a chain: {self.fallback}")
         if self.choice.startswith("peel"):
-            first, rest = self.structure.split(" | ", 1)
-            lines.append(f"auto:      {first} by its Gram matrix (once per batch) ×")
-            lines.append(f"           {self.choice.split('/')[1]} of [{rest}]")
+            first = self.structure.split(" | ", 1)[0]
+            mode = self.choice.split("/")[1]
+            lines.append(
+                f"peel:      {first} by its Gram matrix once per batch, {mode} of the rest"
+            )
         for route, macs in sorted(self.costs.items(), key=lambda kv: kv[1]):
             mark = "  <- auto" if route == self.choice else ""
             lines.append(f"  {route:<18} {macs / 1e6:>12.2f} M multiply-adds{mark}")
