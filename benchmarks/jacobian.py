@@ -552,13 +552,7 @@ def run_model(
         r["gflops_achieved"] = gflop / (ms / 1e3) if gflop and np.isfinite(gflop) else None
         r["memory_kind"] = "xla_temp_bytes" if r["route"] != "torch_jacrev" else "n/a"
         r["route_resolved"], r["macs"] = _resolved(report, r["route"])
-    add_route_order(out)
-    auto = next((r for r in out if r["route"] == "auto"), None)
-    if auto and auto.get("measured_order"):
-        log(
-            f"  predicted order {' < '.join(auto['predicted_order'])}; measured "
-            f"{' < '.join(auto['measured_order'])}; auto ÷ fastest {auto['auto_over_fastest']:.2f}"
-        )
+    add_route_order(out, log)
     return out
 
 
@@ -566,7 +560,7 @@ def run_model(
 EXACT_ENGINE_ROUTES = ("closed_form", "structured", "peel", "jacfwd", "jacrev")
 
 
-def add_route_order(records: list[dict]) -> None:
+def add_route_order(records: list[dict], log: Callable[[str], None] = print) -> None:
     """On the `auto` record: the exact engine routes measured, ordered by the cost model's
     multiply-adds (`predicted_order`) and by median time (`measured_order`), and
     `auto_over_fastest` = auto's ms ÷ the fastest of them (the cost model's target: ≤ 1.2)."""
@@ -582,6 +576,10 @@ def add_route_order(records: list[dict]) -> None:
     auto["measured_order"] = sorted(timed, key=lambda k: timed[k]["ms_per_step"])
     fastest = min(r["ms_per_step"] for r in timed.values())
     auto["auto_over_fastest"] = auto["ms_per_step"] / fastest
+    log(
+        f"  predicted order {' < '.join(auto['predicted_order'])}; measured "
+        f"{' < '.join(auto['measured_order'])}; auto ÷ fastest {auto['auto_over_fastest']:.2f}"
+    )
 
 
 def _resolved(report: jacobian.Explanation, route: str) -> tuple[str, int | None]:
