@@ -5,6 +5,7 @@ and every parameter gradient is compared with an explicit vmap(jacrev) in float6
 """
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -594,3 +595,13 @@ def test_frobenius_sq_diff_through_the_peel_matches_explicit_jacobians(x64):
         np.testing.assert_allclose(value, expected, rtol=1e-10)
     chunked = jax.jit(lambda a, b: jacobian.frobenius_sq_diff(enc, a, b, chunk_size=3))(x, x2)
     np.testing.assert_allclose(chunked, expected, rtol=1e-10)
+
+
+def test_each_primitive_has_at_most_one_rule_and_unknown_ones_none():
+    from aecore.jacobian import rules
+
+    names = [name for rule in rules.RULES for name in rule.primitives]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    named = lambda name: types.SimpleNamespace(name=name)  # noqa: E731 - what rule_for reads
+    assert rules.rule_for(named("dot_general")) is rules.dense.RULE
+    assert rules.rule_for(named("cumsum")) is None  # no rule: not a linear map, autodiff
