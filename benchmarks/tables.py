@@ -139,6 +139,32 @@ def user_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+BEYOND_CHAINS = ("res-ln-", "conv-28-c32s2")
+
+
+def beyond_table(records: list[dict]) -> str:
+    """Encoders beyond chains (residual LayerNorm MLP, conv stack): every route against jacrev
+    and the hand-written peeled reference of the same run."""
+    lines = [
+        "| model | route (runs) | G multiply-adds | ms/step | × plain | jacrev ÷ this "
+        "| this ÷ peeled_ref |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        if not r["model"].startswith(BEYOND_CHAINS) or r["route"] == "plain":
+            continue
+        same = {o["route"]: o["ms_per_step"] for o in records if o["model"] == r["model"]}
+        ms = r["ms_per_step"]
+        gmacs = None if r.get("macs") is None else r["macs"] / 1e9
+        vs_ref = ms / same["peeled_ref"] if "peeled_ref" in same else None
+        lines.append(
+            f"| {r['model']} | {_route_label(r)} | {_num(gmacs, '.3f')} | {ms:.1f} "
+            f"| {r['ratio_to_plain']:.2f} | {_num(same.get('jacrev', 0) / ms or None, '.2f')} "
+            f"| {_num(vs_ref, '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
 def order_table(records: list[dict]) -> str:
     """The cost model against the clock: exact routes by predicted multiply-adds and by time."""
     lines = [
@@ -174,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(sweep_table(payload["sweep"]))
     print()
     print(headline_table(payload["records"]))
+    if any(r["model"].startswith(BEYOND_CHAINS) for r in payload["records"]):
+        print()
+        print(beyond_table(payload["records"]))
     if any(r.get("measured_order") for r in payload["records"]):
         print()
         print(order_table(payload["records"]))
