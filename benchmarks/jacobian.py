@@ -29,6 +29,7 @@ from aecore.models import Autoencoder, MLPDecoder
 from aecore.objective import Objective
 from aecore.regularizers import Term
 from aecore.train import init_optimizer, make_train_step
+from benchmarks.tables import add_route_order
 
 ROUTES = (
     "plain",
@@ -552,34 +553,13 @@ def run_model(
         r["gflops_achieved"] = gflop / (ms / 1e3) if gflop and np.isfinite(gflop) else None
         r["memory_kind"] = "xla_temp_bytes" if r["route"] != "torch_jacrev" else "n/a"
         r["route_resolved"], r["macs"] = _resolved(report, r["route"])
-    add_route_order(out, log)
+    auto = add_route_order(out)
+    if auto is not None:
+        log(
+            f"  predicted order {' < '.join(auto['predicted_order'])}; measured "
+            f"{' < '.join(auto['measured_order'])}; auto ÷ fastest {auto['auto_over_fastest']:.2f}"
+        )
     return out
-
-
-# Engine routes that compute the exact penalty (auto is one of them; peeled_ref is hand-written).
-EXACT_ENGINE_ROUTES = ("closed_form", "structured", "peel", "jacfwd", "jacrev")
-
-
-def add_route_order(records: list[dict], log: Callable[[str], None] = print) -> None:
-    """On the `auto` record: the exact engine routes measured, ordered by the cost model's
-    multiply-adds (`predicted_order`) and by median time (`measured_order`), and
-    `auto_over_fastest` = auto's ms ÷ the fastest of them (the cost model's target: ≤ 1.2)."""
-    auto = next((r for r in records if r["route"] == "auto"), None)
-    timed = {
-        r["route_resolved"]: r
-        for r in records
-        if r["route"] in EXACT_ENGINE_ROUTES and r.get("macs") and r.get("reps", 0) >= 1
-    }
-    if auto is None or not timed:
-        return
-    auto["predicted_order"] = sorted(timed, key=lambda k: timed[k]["macs"])
-    auto["measured_order"] = sorted(timed, key=lambda k: timed[k]["ms_per_step"])
-    fastest = min(r["ms_per_step"] for r in timed.values())
-    auto["auto_over_fastest"] = auto["ms_per_step"] / fastest
-    log(
-        f"  predicted order {' < '.join(auto['predicted_order'])}; measured "
-        f"{' < '.join(auto['measured_order'])}; auto ÷ fastest {auto['auto_over_fastest']:.2f}"
-    )
 
 
 def _resolved(report: jacobian.Explanation, route: str) -> tuple[str, int | None]:

@@ -12,6 +12,33 @@ import argparse
 import json
 from collections.abc import Sequence
 
+# Engine routes that compute the exact penalty (auto is one of them; peeled_ref is hand-written).
+EXACT_ENGINE_ROUTES = ("auto", "closed_form", "structured", "peel", "jacfwd", "jacrev")
+
+
+def add_route_order(records: list[dict]) -> dict | None:
+    """Sets, on one model's `auto` record (and returns it): the exact engine routes timed, by
+    the cost model's multiply-adds (`predicted_order`) and by time (`measured_order`), and
+    `auto_over_fastest` = the time of auto's route ÷ the fastest route's (target ≤ 1.2).
+
+    A route's time is its fastest row: `auto` and `structured` often run the very program of
+    another row, and that spread is noise, not the choice.
+    """
+    auto = next((r for r in records if r["route"] == "auto"), None)
+    ms: dict[str, float] = {}
+    macs: dict[str, int] = {}
+    for r in records:
+        if r["route"] in EXACT_ENGINE_ROUTES and r.get("macs") and r.get("reps", 0) >= 1:
+            key = r["route_resolved"]
+            ms[key] = min(ms.get(key, float("inf")), r["ms_per_step"])
+            macs[key] = r["macs"]
+    if auto is None or auto["route_resolved"] not in ms:
+        return None
+    auto["predicted_order"] = sorted(macs, key=macs.get)
+    auto["measured_order"] = sorted(ms, key=ms.get)
+    auto["auto_over_fastest"] = ms[auto["route_resolved"]] / min(ms.values())
+    return auto
+
 
 def _num(value, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
@@ -203,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(r["model"].startswith(BEYOND_CHAINS) for r in payload["records"]):
         print()
         print(beyond_table(payload["records"]))
+    for model in dict.fromkeys(r["model"] for r in payload["records"]):
+        add_route_order([r for r in payload["records"] if r["model"] == model])
     if any(r.get("measured_order") for r in payload["records"]):
         print()
         print(order_table(payload["records"]))
