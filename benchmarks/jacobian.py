@@ -27,13 +27,17 @@ from flax import nnx
 from aecore import jacobian, make_autoencoder
 from aecore.models import Autoencoder, MLPDecoder
 from aecore.objective import Objective
+from aecore.regularizers import Term
 from aecore.train import init_optimizer, make_train_step
+from benchmarks.tables import add_route_order
 
 ROUTES = (
     "plain",
     "auto",
     "closed_form",
     "structured",
+    "peel",
+    "peeled_ref",
     "jacfwd",
     "jacrev",
     "hutchinson",
@@ -112,15 +116,129 @@ class UserConv(nnx.Module):
         return jax.nn.relu(self.conv(x)).reshape(-1)
 
 
+class UserResLN(nnx.Module):
+    """A CIFAR-sized residual MLP as a user writes it: dense d→w, two pre-LayerNorm residual
+    blocks h + gelu(dense(LN(h))), dense w→k, tanh."""
+
+    def __init__(self, d: int, width: int, code: int, key: int, blocks: int = 2):
+        rngs = nnx.Rngs(key)
+        self.inp = nnx.Linear(d, width, rngs=rngs)
+        self.norms = nnx.List([nnx.LayerNorm(width, rngs=rngs) for _ in range(blocks)])
+        self.dense = nnx.List([nnx.Linear(width, width, rngs=rngs) for _ in range(blocks)])
+        self.out = nnx.Linear(width, code, rngs=rngs)
+
+    def rest(self, a):
+        """Everything after the first dense map (the hand-written peeled reference's J_rest)."""
+        h = a
+        for norm, dense in zip(self.norms, self.dense, strict=True):
+            h = h + jax.nn.gelu(dense(norm(h)))
+        return jnp.tanh(self.out(h))
+
+    def __call__(self, x):
+        return self.rest(self.inp(x.reshape(-1)))
+
+    def first(self):
+        return self.inp.kernel[...]  # [d, w]: a = x W + b
+
+
+def _jnp_res_ln(p: dict, x: jax.Array) -> jax.Array:
+    """The same residual MLP in plain jax.numpy (LayerNorm written out)."""
+    h = x.reshape(-1) @ p["w0"] + p["b0"]
+    for i in range(2):
+        c = h - jnp.mean(h)
+        z = c / jnp.sqrt(jnp.mean(c * c) + 1e-6) * p[f"g{i}"]
+        h = h + jax.nn.gelu(z @ p[f"w{i + 1}"] + p[f"b{i + 1}"])
+    return jnp.tanh(h @ p["w3"] + p["b3"])
+
+
+class UserJnpResLN(nnx.Module):
+    """Holds the arrays of `_jnp_res_ln` for the optimizer; calls the function."""
+
+    def __init__(self, d: int, width: int, code: int, key: int):
+        keys = jax.random.split(jax.random.key(key), 4)
+        shapes = [(d, width), (width, width), (width, width), (width, code)]
+        for i, (k, shape) in enumerate(zip(keys, shapes, strict=True)):
+            setattr(self, f"w{i}", nnx.Param(jax.random.normal(k, shape) / np.sqrt(shape[0])))
+            setattr(self, f"b{i}", nnx.Param(jnp.zeros(shape[1])))
+        self.g0, self.g1 = nnx.Param(jnp.ones(width)), nnx.Param(jnp.ones(width))
+
+    def params(self) -> dict:
+        names = [f"{a}{i}" for a in "wb" for i in range(4)] + ["g0", "g1"]
+        return {n: getattr(self, n)[...] for n in names}
+
+    def __call__(self, x):
+        return _jnp_res_ln(self.params(), x)
+
+    def rest(self, a):
+        p = self.params()
+        return _jnp_res_ln(p | {"w0": jnp.eye(a.shape[0]), "b0": jnp.zeros_like(a)}, a)
+
+    def first(self):
+        return self.w0[...]
+
+
+class UserConvStack(nnx.Module):
+    """conv 3×3 s2 1→32, relu, conv 3×3 s2 32→64, relu, dense → k, sigmoid (nnx layers)."""
+
+    def __init__(self, code: int, key: int):
+        rngs = nnx.Rngs(key)
+        self.c1 = nnx.Conv(1, 32, (3, 3), strides=2, rngs=rngs)
+        self.c2 = nnx.Conv(32, 64, (3, 3), strides=2, rngs=rngs)
+        self.out = nnx.Linear(7 * 7 * 64, code, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.c2(jax.nn.relu(self.c1(x))))
+        return jax.nn.sigmoid(self.out(h.reshape(-1)))
+
+
+def _jnp_conv_stack(p: dict, x: jax.Array) -> jax.Array:
+    """The same conv stack with `lax.conv_general_dilated` (SAME padding, NHWC/HWIO)."""
+    h = x
+    for i in (1, 2):
+        h = jax.lax.conv_general_dilated(
+            h[None], p[f"k{i}"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )[0]
+        h = jax.nn.relu(h + p[f"c{i}"])
+    return jax.nn.sigmoid(h.reshape(-1) @ p["w"] + p["b"])
+
+
+class UserJnpConvStack(nnx.Module):
+    def __init__(self, code: int, key: int):
+        k = jax.random.split(jax.random.key(key), 3)
+        self.k1 = nnx.Param(jax.random.normal(k[0], (3, 3, 1, 32)) / 3)
+        self.k2 = nnx.Param(jax.random.normal(k[1], (3, 3, 32, 64)) / np.sqrt(9 * 32))
+        self.w = nnx.Param(jax.random.normal(k[2], (7 * 7 * 64, code)) / np.sqrt(7 * 7 * 64))
+        self.c1, self.c2 = nnx.Param(jnp.zeros(32)), nnx.Param(jnp.zeros(64))
+        self.b = nnx.Param(jnp.zeros(code))
+
+    def __call__(self, x):
+        names = ("k1", "k2", "w", "c1", "c2", "b")
+        return _jnp_conv_stack({n: getattr(self, n)[...] for n in names}, x)
+
+
+def peeled_reference(model, x: jax.Array) -> jax.Array:
+    """Hand-written exact ‖J‖² [B] treating only the first dense map structurally: G = W₁ᵀW₁
+    once per batch, M = J_rest(a₁) by jacrev in the hidden space, ‖J‖² = Σ (M G) ⊙ M."""
+    enc = model.encoder
+    w = enc.first()  # [d, n_1]
+    g = w.T @ w
+    bias = enc.inp.bias[...] if hasattr(enc, "inp") else enc.b0[...]
+    a = x.reshape(x.shape[0], -1) @ w + bias  # [B, n_1]
+    m = jax.vmap(jax.jacrev(enc.rest))(a)  # [B, k, n_1]
+    return jnp.sum(jnp.einsum("bkn,nm->bkm", m, g) * m, axis=(1, 2))
+
+
 @dataclasses.dataclass(frozen=True)
 class UserSpec:
-    """An autoencoder whose encoder a user wrote (`kind`: "nnx", "jnp" or "conv"), aecore's MLP
-    decoder; `own` names aecore's own model of the same shape (its row is the reference)."""
+    """An autoencoder whose encoder a user wrote (`kind`: a key of `_USER_ENCODERS` or "nnx"),
+    aecore's MLP decoder; `own` names aecore's own model of the same shape (its row is the
+    reference). Encoders with a `first()` method also get the hand-written peeled reference."""
 
     input_shape: tuple[int, ...]
     hidden: tuple[int, ...]
     kind: str
     own: str | None = None
+    only: tuple[str, ...] | None = None  # the routes worth timing (None: all that apply)
     is_mlp = False
 
     def build(self, key: int = 0):
@@ -128,18 +246,27 @@ class UserSpec:
         if self.kind == "nnx":
             enc = UserDense((d, *self.hidden), jax.nn.sigmoid, key)
             dec_hidden = tuple(reversed(self.hidden[:-1]))
-        elif self.kind == "jnp":
-            enc = UserJnp(d, self.hidden[-1], key)
-            dec_hidden = ()
         else:
-            enc = UserConv(self.hidden[0], key)
-        code = int(np.prod(jax.eval_shape(enc, jnp.zeros(self.input_shape)).shape))
-        if self.kind == "conv":
+            enc = _USER_ENCODERS[self.kind](d, self.hidden, key)
             dec_hidden = ()
+        code = int(np.prod(jax.eval_shape(enc, jnp.zeros(self.input_shape)).shape))
         acts = ["sigmoid"] * len(dec_hidden)
         dec = MLPDecoder(code, dec_hidden, acts, self.input_shape, key=jax.random.key(key + 1))
         return Autoencoder(enc, dec, output="sigmoid")
 
+
+# jacfwd costs 50-100× the other exact routes on the wide models below (explain's
+# multiply-adds): one step would take minutes, so those rows time the rest.
+_BEYOND_CHAINS = ("plain", "auto", "structured", "peel", "peeled_ref", "jacrev", "hutchinson")
+
+_USER_ENCODERS = {
+    "jnp": lambda d, hidden, key: UserJnp(d, hidden[-1], key),
+    "conv": lambda d, hidden, key: UserConv(hidden[0], key),
+    "res-ln-nnx": lambda d, hidden, key: UserResLN(d, hidden[0], hidden[-1], key),
+    "res-ln-jnp": lambda d, hidden, key: UserJnpResLN(d, hidden[0], hidden[-1], key),
+    "conv-stack-nnx": lambda d, hidden, key: UserConvStack(hidden[-1], key),
+    "conv-stack-jnp": lambda d, hidden, key: UserJnpConvStack(hidden[-1], key),
+}
 
 MODELS = {
     "mlp-784-64": ModelSpec((784,), (64,)),
@@ -154,6 +281,14 @@ MODELS = {
     "user-nnx-784-256-32": UserSpec((784,), (256, 32), "nnx", own="mlp-784-256-32"),
     "user-jnp-784-256": UserSpec((784,), (256,), "jnp", own="mlp-784-256-tanh"),
     "user-conv-28x28x1-16": UserSpec((28, 28, 1), (16,), "conv"),
+    "res-ln-mlp-3072": UserSpec((3072,), (512, 64), "res-ln-nnx", only=_BEYOND_CHAINS),
+    "res-ln-mlp-3072-jnp": UserSpec((3072,), (512, 64), "res-ln-jnp", only=_BEYOND_CHAINS),
+    "conv-28-c32s2-c64s2-d16": UserSpec(
+        (28, 28, 1), (32, 64, 16), "conv-stack-nnx", only=_BEYOND_CHAINS
+    ),
+    "conv-28-c32s2-c64s2-d16-jnp": UserSpec(
+        (28, 28, 1), (32, 64, 16), "conv-stack-jnp", only=_BEYOND_CHAINS
+    ),
 }
 QUICK_MODELS = (
     "mlp-784-256",
@@ -175,11 +310,17 @@ def applicable_routes(spec, routes: Sequence[str]) -> list[str]:
     costs = _explain(spec).costs
     out = []
     for r in routes:
+        if getattr(spec, "only", None) is not None and r not in spec.only:
+            continue
         if r == "closed_form" and "closed_form" not in costs:
             continue
         if r == "structured" and not any(c.startswith(("structured", "closed")) for c in costs):
             continue  # on a one-layer chain mode="structured" runs the closed form
         if r == "torch_jacrev" and not spec.is_mlp:
+            continue
+        if r == "peel" and not any(c.startswith("peel") for c in costs):
+            continue
+        if r == "peeled_ref" and not hasattr(spec.build().encoder, "first"):
             continue
         out.append(r)
     return out
@@ -196,6 +337,9 @@ class JaxRunner:
         optimizer = optax.adam(LEARNING_RATE)
         if route == "plain":
             step = make_train_step(Objective(), optimizer)
+        elif route == "peeled_ref":
+            term = Term("contractive", lambda m, x, *_: peeled_reference(m, x), CONTRACTIVE)
+            step = make_train_step(Objective(extra_terms=(term,)), optimizer)
         elif route == "hutchinson":
             # A 1-probe ESTIMATE of the penalty (frobenius_sq_estimate's default method, jvp).
             step = make_train_step(
@@ -409,6 +553,12 @@ def run_model(
         r["gflops_achieved"] = gflop / (ms / 1e3) if gflop and np.isfinite(gflop) else None
         r["memory_kind"] = "xla_temp_bytes" if r["route"] != "torch_jacrev" else "n/a"
         r["route_resolved"], r["macs"] = _resolved(report, r["route"])
+    auto = add_route_order(out)
+    if auto is not None:
+        log(
+            f"  predicted order {' < '.join(auto['predicted_order'])}; measured "
+            f"{' < '.join(auto['measured_order'])}; auto ÷ fastest {auto['auto_over_fastest']:.2f}"
+        )
     return out
 
 
@@ -418,9 +568,9 @@ def _resolved(report: jacobian.Explanation, route: str) -> tuple[str, int | None
     costs = report.costs
     if route == "auto":
         resolved = report.choice
-    elif route == "structured":
-        structured = {r: c for r, c in costs.items() if r.startswith("structured")}
-        resolved = min(structured, key=structured.get) if structured else "closed_form"
+    elif route in ("structured", "peel"):
+        named = {r: c for r, c in costs.items() if r.startswith(route)}
+        resolved = min(named, key=named.get) if named else "closed_form"
     else:
         resolved = route
     return resolved, costs.get(resolved)

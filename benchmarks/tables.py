@@ -12,6 +12,33 @@ import argparse
 import json
 from collections.abc import Sequence
 
+# Engine routes that compute the exact penalty (auto is one of them; peeled_ref is hand-written).
+EXACT_ENGINE_ROUTES = ("auto", "closed_form", "structured", "peel", "jacfwd", "jacrev")
+
+
+def add_route_order(records: list[dict]) -> dict | None:
+    """Sets, on one model's `auto` record (and returns it): the exact engine routes timed, by
+    the cost model's multiply-adds (`predicted_order`) and by time (`measured_order`), and
+    `auto_over_fastest` = the time of auto's route ÷ the fastest route's (target ≤ 1.2).
+
+    A route's time is its fastest row: `auto` and `structured` often run the very program of
+    another row, and that spread is noise, not the choice.
+    """
+    auto = next((r for r in records if r["route"] == "auto"), None)
+    ms: dict[str, float] = {}
+    macs: dict[str, int] = {}
+    for r in records:
+        if r["route"] in EXACT_ENGINE_ROUTES and r.get("macs") and r.get("reps", 0) >= 1:
+            key = r["route_resolved"]
+            ms[key] = min(ms.get(key, float("inf")), r["ms_per_step"])
+            macs[key] = r["macs"]
+    if auto is None or auto["route_resolved"] not in ms:
+        return None
+    auto["predicted_order"] = sorted(macs, key=macs.get)
+    auto["measured_order"] = sorted(ms, key=ms.get)
+    auto["auto_over_fastest"] = ms[auto["route_resolved"]] / min(ms.values())
+    return auto
+
 
 def _num(value, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
@@ -139,6 +166,48 @@ def user_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+BEYOND_CHAINS = ("res-ln-", "conv-28-c32s2")
+
+
+def beyond_table(records: list[dict]) -> str:
+    """Encoders beyond chains (residual LayerNorm MLP, conv stack): every route against jacrev
+    and the hand-written peeled reference of the same run."""
+    lines = [
+        "| model | route (runs) | G multiply-adds | ms/step | × plain | jacrev ÷ this "
+        "| this ÷ peeled_ref |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        if not r["model"].startswith(BEYOND_CHAINS) or r["route"] == "plain":
+            continue
+        same = {o["route"]: o["ms_per_step"] for o in records if o["model"] == r["model"]}
+        ms = r["ms_per_step"]
+        gmacs = None if r.get("macs") is None else r["macs"] / 1e9
+        vs_ref = ms / same["peeled_ref"] if "peeled_ref" in same else None
+        lines.append(
+            f"| {r['model']} | {_route_label(r)} | {_num(gmacs, '.3f')} | {ms:.1f} "
+            f"| {r['ratio_to_plain']:.2f} | {_num(same.get('jacrev', 0) / ms or None, '.2f')} "
+            f"| {_num(vs_ref, '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def order_table(records: list[dict]) -> str:
+    """The cost model against the clock: exact routes by predicted multiply-adds and by time."""
+    lines = [
+        "| model | auto runs | predicted order (multiply-adds) | measured order (ms) "
+        "| auto ÷ fastest exact |",
+        "|---|---|---|---|---:|",
+    ]
+    for r in records:
+        if r["route"] == "auto" and r.get("measured_order"):
+            lines.append(
+                f"| {r['model']} | {r['route_resolved']} | {' < '.join(r['predicted_order'])} "
+                f"| {' < '.join(r['measured_order'])} | {r['auto_over_fastest']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="a results JSON written by benchmarks.jacobian")
@@ -158,6 +227,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(sweep_table(payload["sweep"]))
     print()
     print(headline_table(payload["records"]))
+    if any(r["model"].startswith(BEYOND_CHAINS) for r in payload["records"]):
+        print()
+        print(beyond_table(payload["records"]))
+    for model in dict.fromkeys(r["model"] for r in payload["records"]):
+        add_route_order([r for r in payload["records"] if r["model"] == model])
+    if any(r.get("measured_order") for r in payload["records"]):
+        print()
+        print(order_table(payload["records"]))
     if any(r["model"].startswith("user-") for r in payload["records"]):
         print()
         print(user_table(payload["records"]))

@@ -53,6 +53,9 @@ def test_harness_records_have_every_field_and_exact_routes_agree(standard_promot
     ref = exact["jacrev"]
     for route, value in exact.items():
         np.testing.assert_allclose(value, ref, rtol=1e-4, err_msg=route)
+    auto = next(r for r in records if r["route"] == "auto")
+    assert set(auto["measured_order"]) == set(auto["predicted_order"]) >= {"jacrev"}
+    assert auto["auto_over_fastest"] > 0
     assert "tiny" in bench.format_table(records)
     assert bench.machine_slug().split("-")[0] in ("cpu", "gpu", "tpu", "cuda", "rocm")
 

@@ -5,6 +5,7 @@ and every parameter gradient is compared with an explicit vmap(jacrev) in float6
 """
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,11 @@ def _assert_exact(make_fn, params, x, mode="auto", rtol=1e-10, gradients=True):
 
     def pen(p, use_ref):
         fn = make_fn(p)
-        return _reference(fn, x) if use_ref else jacobian.frobenius_sq(fn, x, mode=mode)
+        if use_ref:
+            return _reference(fn, x)
+        if "/" in mode:  # one named route of `explain`
+            return jacobian.frobenius_sq_route(fn, x, mode)
+        return jacobian.frobenius_sq(fn, x, mode=mode)
 
     def values_and_grads(p):  # engine (False) and reference (True), one compiled function
         values = {r: pen(p, r) for r in (False, True)}
@@ -167,10 +172,96 @@ def test_random_chain_breakers_fall_back_and_stay_exact(x64, chain, breaker, tai
         return ACTS[tail](h) if tail else h
 
     report = jacobian.explain(functools.partial(fn, params), x)
-    assert report.fallback is not None and report.choice in ("jacrev", "jacfwd"), report
-    # The fallback IS autodiff: its gradients would be compared with themselves; the values
-    # guard against a misread structure all the same.
-    _assert_exact(lambda p: functools.partial(fn, p), params, x, gradients=False)
+    assert report.fallback is not None and "structured/direct" not in report.costs, report
+    # Whole-function autodiff's gradients would be compared with themselves; the values guard
+    # against a misread structure all the same. The peel (a leading affine map, then autodiff
+    # of the rest) is checked in values and gradients under every inner mode.
+    peels = [r for r in report.costs if r.startswith("peel")]
+    first = next((p[0] for p in chain[0] if p[0] != "reshape"), None)
+    assert bool(peels) == (first in ("conv", "dense")), report
+    for mode in ("auto", *peels):
+        grads = mode.startswith("peel") or report.choice.startswith("peel")
+        _assert_exact(lambda p: functools.partial(fn, p), params, x, mode=mode, gradients=grads)
+
+
+# --- random encoders assembled from blocks: residual, norms, gating, concat ------------------
+
+BLOCKS = ("residual", "layer_norm", "rms_norm", "gating", "concat", "act")
+WIDTH = 6
+
+
+@st.composite
+def block_encoders(draw):
+    """A random encoder: an input piece (conv, dense, or an activation first), blocks, a code."""
+    head = draw(st.sampled_from(["dense", "conv", "act_first"]))
+    blocks = draw(st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=3))
+    acts = draw(st.lists(st.sampled_from(sorted(ACTS)), min_size=len(blocks) + 1, max_size=9))
+    return head, blocks, acts, draw(st.integers(0, 2**16))
+
+
+def _norm(h, p, i, kind):
+    if kind == "layer_norm":
+        h = h - jnp.mean(h)
+    return h / jnp.sqrt(jnp.mean(h * h) + 1e-3) * p[f"g{i}"] + p[f"c{i}"]
+
+
+def _block(kind, p, i, h, act):
+    dense = lambda v, j=i: v @ p[f"w{j}"] + p[f"b{j}"]  # noqa: E731
+    if kind == "residual":
+        return h + act(dense(h))
+    if kind in ("layer_norm", "rms_norm"):
+        return _norm(h, p, i, kind)
+    if kind == "gating":
+        return act(dense(h)) * jax.nn.sigmoid(h)
+    if kind == "concat":
+        return jnp.concatenate([act(h), dense(h)])[: WIDTH + 1] @ p[f"v{i}"]
+    return act(h)
+
+
+def _build_blocks(spec, dtype=jnp.float64):
+    head, blocks, acts, seed = spec
+    rng = np.random.default_rng(seed)
+    d = int(np.prod(SHAPE))
+    params = {
+        "k": 0.5 * _randn(rng, (3, 3, 1, 2), dtype),
+        "w_in": _randn(rng, (d if head != "conv" else 2 * 2 * 2, WIDTH), dtype) / 3,
+        "w_out": _randn(rng, (WIDTH, 3), dtype) / 2,
+    }
+    for i in range(len(blocks)):
+        params |= {
+            f"w{i}": _randn(rng, (WIDTH, WIDTH), dtype) / 2,
+            f"b{i}": 0.1 * _randn(rng, (WIDTH,), dtype),
+            f"g{i}": 1 + 0.1 * _randn(rng, (WIDTH,), dtype),
+            f"c{i}": 0.1 * _randn(rng, (WIDTH,), dtype),
+            f"v{i}": _randn(rng, (WIDTH + 1, WIDTH), dtype) / 2,
+        }
+
+    def fn(p, xi):
+        if head == "conv":
+            h = jnp.tanh(_conv(xi, p["k"], 2, "SAME")).reshape(-1) @ p["w_in"]
+        else:
+            h = xi.reshape(-1)
+            h = (ACTS[acts[-1]](h) if head == "act_first" else h) @ p["w_in"]
+        for i, kind in enumerate(blocks):
+            h = _block(kind, p, i, h, ACTS[acts[i]])
+        return ACTS[acts[len(blocks)]](h @ p["w_out"])
+
+    return fn, params
+
+
+@settings(PROPS, max_examples=6)
+@given(spec=block_encoders())
+def test_random_block_encoders_are_exact_under_every_route(x64, spec):
+    x = _randn(9, (3, *SHAPE), jnp.float64)
+    fn, params = _build_blocks(spec)
+    report = jacobian.explain(functools.partial(fn, params), x)
+    head = spec[0]
+    if report.fallback is not None:  # not a chain: the input-side peel where x enters a map
+        assert any(r.startswith("peel") for r in report.costs) == (head != "act_first"), report
+    exact = [r for r in report.costs if r not in ("jacrev", "jacfwd")]
+    for mode in ("auto", *exact):
+        grads = mode != "auto" or report.choice not in ("jacrev", "jacfwd")
+        _assert_exact(lambda p: functools.partial(fn, p), params, x, mode=mode, gradients=grads)
 
 
 # --- encoders a user writes: nnx layers, plain jnp, linen, under jit / vmap / chunking ----------
@@ -306,7 +397,7 @@ def test_forcing_a_structured_route_on_a_non_chain_names_the_primitive_and_line(
 
     x = jnp.ones((2, 5))
     report = jacobian.explain(skip, x)
-    assert report.structure == "not a chain" and "test_jacobian_engine.py" in report.fallback
+    assert report.structure == "residual[tanh]" and "test_jacobian_engine.py" in report.fallback
     for mode in ("structured", "closed_form"):
         with pytest.raises(ValueError, match=r"^mode .* is not one \(\w+ at .*\n?") as err:
             jacobian.frobenius_sq(skip, x, mode=mode)
@@ -379,3 +470,138 @@ def test_shape_ops_and_linear_variants_stay_exact(x64, name):
     )(x)
     for route in routes:
         np.testing.assert_allclose(got[route], got["ref"], rtol=1e-10, err_msg=route)
+
+
+# --- the input-side peel and the conv rule's pullback on encoders a user writes ---------------
+
+
+class _NnxResLN(nnx.Module):
+    def __init__(self, dtype):
+        rngs = nnx.Rngs(0)
+        self.inp = nnx.Linear(12, 6, rngs=rngs, param_dtype=dtype)
+        self.norm = nnx.LayerNorm(6, rngs=rngs, param_dtype=dtype)
+        self.dense = nnx.Linear(6, 6, rngs=rngs, param_dtype=dtype)
+        self.out = nnx.Linear(6, 3, rngs=rngs, param_dtype=dtype)
+
+    def __call__(self, x):
+        h = self.inp(x.reshape(-1))
+        h = h + jax.nn.gelu(self.dense(self.norm(h)))
+        return jnp.tanh(self.out(h))
+
+
+def _eqx_res_ln(dtype):
+    eqx = pytest.importorskip("equinox")
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    class Enc(eqx.Module):
+        inp: eqx.nn.Linear
+        norm: eqx.nn.LayerNorm
+        dense: eqx.nn.Linear
+        out: eqx.nn.Linear
+
+        def __call__(self, x):
+            h = self.inp(x.reshape(-1))
+            h = h + jax.nn.gelu(self.dense(self.norm(h)))
+            return jnp.tanh(self.out(h))
+
+    lin = functools.partial(eqx.nn.Linear, dtype=dtype)
+    return Enc(
+        lin(12, 6, key=keys[0]),
+        eqx.nn.LayerNorm(6, dtype=dtype),
+        lin(6, 6, key=keys[1]),
+        lin(6, 3, key=keys[2]),
+    )
+
+
+@pytest.mark.parametrize("kind", ["nnx", "equinox", "jnp"])
+def test_residual_layer_norm_encoders_take_the_peel_and_stay_exact(x64, kind):
+    x = _randn(6, (4, 12), jnp.float64)
+    if kind == "jnp":
+        w = {"a": _randn(1, (12, 6), jnp.float64) / 3, "b": _randn(2, (6, 3), jnp.float64) / 2}
+
+        def make(p):
+            def enc(v):
+                h = v @ p["a"]
+                return jnp.tanh(
+                    (h + jnp.tanh(_norm(h, {"g0": 1.0, "c0": 0.0}, 0, "layer_norm"))) @ p["b"]
+                )
+
+            return enc
+
+        params = w
+    else:
+        model = _NnxResLN(jnp.float64) if kind == "nnx" else _eqx_res_ln(jnp.float64)
+        graphdef, params = nnx.split(model) if kind == "nnx" else (None, model)
+        make = (lambda p: nnx.merge(graphdef, p)) if kind == "nnx" else (lambda p: p)
+    # flax's LayerNorm promotes float64 with float32, which strict promotion refuses.
+    with jax.numpy_dtype_promotion("standard"):
+        report = jacobian.explain(make(params), x)
+        assert report.structure.startswith("dense 12→6 | "), report
+        assert report.choice.startswith("peel"), report
+        for mode in ("auto", "peel"):
+            _assert_exact(make, params, x, mode=mode)
+
+
+def test_conv_pullback_in_other_layouts_with_dilation_and_asymmetric_padding(x64):
+    rng = np.random.default_rng(4)
+    p = {
+        "k1": _randn(rng, (3, 1, 3, 3), jnp.float64) / 3,  # OIHW
+        "k2": _randn(rng, (2, 3, 2, 2), jnp.float64) / 3,
+        "w": _randn(rng, (2 * 3 * 2, 4), jnp.float64) / 3,
+    }
+    dn = ("NCHW", "OIHW", "NCHW")
+
+    def make(q):
+        def enc(v):  # v [1, 8, 8]
+            h = jax.lax.conv_general_dilated(
+                v[None],
+                q["k1"],
+                (2, 1),
+                ((1, 0), (0, 2)),
+                rhs_dilation=(1, 2),
+                dimension_numbers=dn,
+            )
+            h = jax.lax.conv_general_dilated(
+                jnp.tanh(h), q["k2"], (2, 2), "VALID", dimension_numbers=dn
+            )
+            return jax.nn.softplus(h.reshape(-1)[: 2 * 3 * 2] @ q["w"])
+
+        return enc
+
+    x = _randn(5, (3, 1, 8, 8), jnp.float64)
+    report = jacobian.explain(make(p), x)
+    assert "structured/direct" in report.costs, report
+    for mode in ("auto", "structured/direct"):
+        _assert_exact(make, p, x, mode=mode)
+
+
+def test_frobenius_sq_diff_through_the_peel_matches_explicit_jacobians(x64):
+    w = _randn(1, (12, 6), jnp.float64) / 3
+    v = _randn(2, (6, 3), jnp.float64) / 2
+
+    def enc(x):
+        h = x @ w
+        return jnp.tanh((h + jnp.tanh(_norm(h, {"g0": 1.0, "c0": 0.0}, 0, "rms_norm"))) @ v)
+
+    x = _randn(3, (4, 12), jnp.float64)
+    x2 = x + 0.1 * _randn(4, x.shape, jnp.float64)
+    assert jacobian.explain(enc, x).choice.startswith("peel")
+    ja, jb = jax.jit(lambda a, b: (jacobian.jacobian(enc, a), jacobian.jacobian(enc, b)))(x, x2)
+    expected = np.sum((np.asarray(ja) - np.asarray(jb)).reshape(4, -1) ** 2, axis=1)
+    got = jax.jit(
+        lambda a, b: [jacobian.frobenius_sq_diff(enc, a, b, mode=m) for m in ("auto", "peel")]
+    )(x, x2)
+    for value in got:
+        np.testing.assert_allclose(value, expected, rtol=1e-10)
+    chunked = jax.jit(lambda a, b: jacobian.frobenius_sq_diff(enc, a, b, chunk_size=3))(x, x2)
+    np.testing.assert_allclose(chunked, expected, rtol=1e-10)
+
+
+def test_each_primitive_has_at_most_one_rule_and_unknown_ones_none():
+    from aecore.jacobian import rules
+
+    names = [name for rule in rules.RULES for name in rule.primitives]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    named = lambda name: types.SimpleNamespace(name=name)  # noqa: E731 - what rule_for reads
+    assert rules.rule_for(named("dot_general")) is rules.dense.RULE
+    assert rules.rule_for(named("cumsum")) is None  # no rule: not a linear map, autodiff

@@ -1,8 +1,11 @@
 """Exact squared Frobenius norms of per-example encoder Jacobians, ‖∂h(x_i)/∂x_i‖²_F.
 
 The route is chosen from the computation, not the class: `fn` is traced at one example and read
-as a chain of affine maps and elementwise segments (`aecore.jacobian.trace`); a chain takes the
-cheapest exact structured route (`aecore.jacobian.routes`), anything else exact autodiff.
+by a registry of primitive rules (`aecore.jacobian.rules`) as a chain of affine maps and
+elementwise segments, or as a leading affine map A_0 followed by anything
+(`aecore.jacobian.trace`); the cheapest exact route by multiply-adds runs
+(`aecore.jacobian.routes`): structured for a chain, the input-side peel ‖J_rest A_0‖² with
+A_0's Gram matrix once per batch, or whole-function autodiff.
 Clearly named random-projection *estimates* live here too. `explain` says what was found.
 """
 
@@ -17,7 +20,7 @@ import numpy as np
 
 from aecore import _checks
 from aecore.jacobian import routes, trace
-from aecore.jacobian.routes import STRUCTURED_PRODUCTS, gram, structured_product, sym_quad
+from aecore.jacobian.routes import STRUCTURED_PRODUCTS
 
 __all__ = [
     "MODES",
@@ -28,18 +31,10 @@ __all__ = [
     "frobenius_sq",
     "frobenius_sq_diff",
     "frobenius_sq_estimate",
-    "frobenius_sq_route",
-    "gram",
     "jacobian",
-    "structured_product",
-    "sym_quad",
 ]
 
-MODES = ("auto", "jacfwd", "jacrev", "closed_form", "structured")
-# Measured (benchmarks, conv-28x28x1-32 on XLA:CPU): rows pulled back through convolutions by
-# batched transposed convolutions run at ~2/3 of jacrev's throughput, so a structured route over
-# a chain with convolutions must save this factor in multiply-adds before `auto` prefers it.
-CONV_MARGIN = 1.5
+MODES = ("auto", "jacfwd", "jacrev", "closed_form", "structured", "peel")
 ESTIMATOR_METHODS = ("jvp", "vjp")
 
 
@@ -48,27 +43,32 @@ class Explanation:
     """What the engine found in `fn` and what each exact route costs.
 
     Attributes:
-      structure: the chain, e.g. "dense 784→256 · sigmoid", or "not a chain".
+      structure: the chain, e.g. "dense 784→256 · sigmoid", or the block structure of another
+        function, e.g. "dense 3072→512 | residual[layer_norm · dense 512→512 · gelu] ×2 |
+        dense 512→64 · tanh" (parts between " | ", the first an affine map the peel uses).
       costs: multiply-adds per batch of every exact route that applies.
       choice: the route `mode="auto"` runs.
       fallback: for a function that is not a chain, the primitive and source line that stopped
-        the analysis; None for a chain.
+        the chain analysis; None for a chain.
     """
 
     structure: str
     costs: dict[str, int]
     choice: str
     fallback: str | None
-    conv_margin: bool = False
 
     def __str__(self) -> str:
         lines = [f"structure: {self.structure}"]
         if self.fallback:
-            lines.append(f"fallback:  {self.fallback}")
+            lines.append(f"not a chain: {self.fallback}")
+        if self.choice.startswith("peel"):
+            first = self.structure.split(" | ", 1)[0]
+            mode = self.choice.split("/")[1]
+            lines.append(
+                f"peel:      {first} by its Gram matrix once per batch, {mode} of the rest"
+            )
         for route, macs in sorted(self.costs.items(), key=lambda kv: kv[1]):
             mark = "  <- auto" if route == self.choice else ""
-            if route.startswith("structured") and self.conv_margin and not mark:
-                mark = f"  (over convolutions: must save {CONV_MARGIN}x to be chosen)"
             lines.append(f"  {route:<18} {macs / 1e6:>12.2f} M multiply-adds{mark}")
         return "\n".join(lines)
 
@@ -87,44 +87,44 @@ def _describe_fn(fn) -> str:
 
 
 class _Engine:
-    """fn traced at one example of x: its chain (or why not) and the route costs."""
+    """fn traced at one example of x: its chain (or why not), its leading affine map (if not a
+    chain) and the route costs."""
 
     def __init__(self, fn: Callable, x: jax.Array):
         self.program = trace.trace(fn, x[0])
+        self.peel = None
         try:
             self.chain = trace.analyse(self.program)
             self.reason = None
         except trace.NotAChain as e:
             self.chain, self.reason = None, str(e)
-        batch = x.shape[0]
-        d = int(np.prod(x.shape[1:]))
-        out = self.program.out
-        k = int(np.prod(self.program.avals[out].shape)) if isinstance(out, int) else 1
-        forward = sum(
-            trace.linear_macs(trace.Block("linear", [op], 0, 0, (), ()))
-            if op.name in ("dot_general", "conv_general_dilated")
-            else int(np.prod(getattr(op.eqn.outvars[0].aval, "shape", ())))
-            for op in self.program.ops
-        )
-        self.costs = routes.route_costs(self.chain, batch, d, k, max(forward, 1))
+            self.peel = trace.peel(self.program)
+        self.costs = routes.route_costs(self.program, self.chain, self.peel, x.shape[0])
 
     def best(self, allowed=None) -> str:
-        options = {r: c for r, c in self.costs.items() if allowed is None or r in allowed}
-        if self.chain is not None and any(
-            op.name == "conv_general_dilated" for b in self.chain.linear for op in b.ops
-        ):
-            options = {
-                r: c * CONV_MARGIN if r.startswith("structured") else c for r, c in options.items()
-            }
-        # Ties go to the structured routes (listed last in the dict), then to jacrev.
-        order = list(self.costs)[::-1]
-        return min(options, key=lambda r: (options[r], order.index(r)))
+        return routes.choose(self.costs, allowed)
+
+    def describe(self) -> str:
+        if self.chain is not None:
+            return self.chain.describe()
+        if self.peel is not None:
+            return self.peel.describe()
+        lv = trace.live(self.program)
+        return trace.describe_ops(lv.ops, 0)
 
     def route_for(self, mode: str, fn_name: str) -> str:
         if mode == "auto":
             return self.best()
         if mode in ("jacfwd", "jacrev"):
             return mode
+        if mode == "peel":
+            peels = [r for r in self.costs if r.startswith("peel")]
+            if not peels:
+                raise ValueError(
+                    f"mode 'peel' needs a function that is not a chain and first applies an "
+                    f"affine map to x, {fn_name} is `{self.describe()}`; use mode='auto'"
+                )
+            return self.best(peels)
         if self.chain is None:
             raise ValueError(
                 f"mode {mode!r} needs a chain of affine maps and elementwise functions, but "
@@ -161,7 +161,7 @@ def _batched(batch_fn: Callable, args: tuple, chunk_size: int | None) -> jax.Arr
 def _chain_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None) -> jax.Array:
     """‖J‖² (one batch) or ‖J(x) − J(x')‖² (two batches) by a structured route."""
     chain = engine.chain
-    ctx = routes.Context(chain, trace.const_env(engine.program))
+    ctx = routes.Context(chain, trace.const_env(engine.program), engine.program.avals)
     per_example_diags = jax.vmap(lambda xi: routes.diagonals(ctx, xi))
     if route == "closed_form":
         if not chain.segments:  # a linear map: ‖A‖²_F, the same for every example
@@ -179,7 +179,7 @@ def _chain_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | Non
         return _batched(batch_fn, xs, chunk_size)
     product = route.split("/")[1]
     mats = routes.chain_matrices(ctx)
-    per_batch = {"gram": routes.gram_of_first(ctx)} if product == "gram" else {}
+    per_batch = {"gram": routes.gram_of(ctx, chain.linear[0])} if product == "gram" else {}
     code_side = jax.vmap(lambda ds: routes.code_side(ctx, ds, mats))
 
     def batch_fn(*xb):
@@ -202,22 +202,58 @@ def _autodiff_penalty(fn: Callable, route: str, xs: tuple, chunk_size: int | Non
     return jax.lax.map(lambda a: per_example(*a), xs, batch_size=chunk_size)
 
 
-def _penalty(fn, xs, mode, chunk_size):
-    engine = _Engine(fn, xs[0])
-    route = engine.route_for(mode, _describe_fn(fn))
+def _peel_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None) -> jax.Array:
+    """‖J_rest(a) A_0‖² = Σ (M G) ⊙ M, M = J_rest(A_0 x) [k, n_1] by autodiff in the n_1-space,
+    G = A_0 A_0ᵀ once per batch; for two batches J(x) − J(x') = (M_x − M_x') A_0."""
+    peel, program = engine.peel, engine.program
+    ctx = routes.Context(None, trace.const_env(program), program.avals)
+    g = routes.gram_of(ctx, peel.first)  # [n_1, n_1]
+    n1 = int(np.prod(peel.first.out_shape))
+
+    def rest(a):
+        return trace.run(peel.rest, ctx.env, peel.first.dst, a).reshape(-1)
+
+    jac = jax.jacfwd(rest) if route == "peel/jacfwd" else jax.jacrev(rest)
+
+    def m_of(xi):  # [k, n_1]
+        return jac(trace.run(peel.first.ops, ctx.env, 0, xi)).reshape(-1, n1)
+
+    def batch_fn(*xb):
+        ms = [jax.vmap(m_of)(v) for v in xb]
+        return routes.sym_quad(ms[0] if len(ms) == 1 else ms[0] - ms[1], g)
+
+    return _batched(batch_fn, xs, chunk_size)
+
+
+def _run_route(fn, engine: _Engine, route: str, xs: tuple, chunk_size: int | None):
     if route in ("jacfwd", "jacrev"):
         return _autodiff_penalty(fn, route, xs, chunk_size)
+    if route.startswith("peel"):
+        return _peel_penalty(engine, route, xs, chunk_size)
     return _chain_penalty(engine, route, xs, chunk_size)
 
 
-ROUTES = ("closed_form", "structured/gram", "structured/direct", "jacrev", "jacfwd")
+def _penalty(fn, xs, mode, chunk_size):
+    engine = _Engine(fn, xs[0])
+    return _run_route(fn, engine, engine.route_for(mode, _describe_fn(fn)), xs, chunk_size)
+
+
+ROUTES = (
+    "closed_form",
+    "structured/gram",
+    "structured/direct",
+    "peel/jacrev",
+    "peel/jacfwd",
+    "jacrev",
+    "jacfwd",
+)
 
 
 def frobenius_sq_route(
     fn: Callable, x: jax.Array, route: str, *, chunk_size: int | None = None
 ) -> jax.Array:
     """`frobenius_sq` by one named route of `explain` (e.g. "structured/gram"), for tests and
-    benchmarks; raises a one-line ValueError if the route does not apply to `fn`."""
+    benchmarks (not part of the public API); a one-line ValueError if it does not apply."""
     _checks.check_choice("route", route, ROUTES)
     _check_batch("frobenius_sq_route", x)
     engine = _Engine(fn, x)
@@ -227,9 +263,7 @@ def frobenius_sq_route(
             f"(structure: {engine.chain.describe() if engine.chain else engine.reason}); "
             f"it has {sorted(engine.costs)}"
         )
-    if route in ("jacfwd", "jacrev"):
-        return _autodiff_penalty(fn, route, (x,), chunk_size)
-    return _chain_penalty(engine, route, (x,), chunk_size)
+    return _run_route(fn, engine, route, (x,), chunk_size)
 
 
 def choose_mode(fn: Callable, x: jax.Array) -> str:
@@ -252,11 +286,12 @@ def explain(fn: Callable, x: jax.Array) -> Explanation:
     """
     _check_batch("explain", x)
     engine = _Engine(fn, x)
-    structure = engine.chain.describe() if engine.chain is not None else "not a chain"
-    has_conv = engine.chain is not None and any(
-        op.name == "conv_general_dilated" for b in engine.chain.linear for op in b.ops
+    return Explanation(
+        engine.describe(),
+        dict(engine.costs),
+        engine.best(),
+        engine.reason,
     )
-    return Explanation(structure, dict(engine.costs), engine.best(), engine.reason, has_conv)
 
 
 def frobenius_sq(

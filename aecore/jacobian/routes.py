@@ -1,5 +1,6 @@
-"""Exact routes for a recognised chain (closed form, code-side chain with Gram or direct product)
-and their multiply-add costs; per-batch constants are computed once, outside the example vmap.
+"""Exact routes (closed form, code-side chain with Gram or direct product, input-side peel,
+autodiff), their multiply-add costs and the choice among them, in one place; per-batch
+constants are computed once, outside the example vmap.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aecore.jacobian import trace
+from aecore.jacobian import rules, trace
 from aecore.jacobian.trace import Block, Chain
 
 STRUCTURED_PRODUCTS = ("direct", "gram")
@@ -65,15 +66,6 @@ def _sym_quad_bwd(res, ct):
 sym_quad.defvjp(_sym_quad_fwd, _sym_quad_bwd)
 
 
-def structured_product(batch: int, code: int, n1: int, d: int) -> str:
-    """ "gram" or "direct": the cheaper last step of the structured route for a dense first map.
-
-    direct forms M W_1ᵀ: B·k·n_1·d. gram forms W_1ᵀW_1 once (d·n_1²) and M G: B·k·n_1². The
-    backward passes scale alike (2 matmuls of each size with the symmetric custom backward).
-    """
-    return "gram" if batch * code * n1 * n1 + d * n1 * n1 < batch * code * n1 * d else "direct"
-
-
 # ---------------------------------------------------------------------------------------------
 # Costs, in multiply-adds per batch, from the shapes alone.
 
@@ -89,19 +81,41 @@ def _matrix_cost(block: Block) -> int:
     return min(_size(block.in_shape), _size(block.out_shape)) * trace.linear_macs(block)
 
 
-def route_costs(chain: Chain | None, batch: int, d: int, k: int, forward: int) -> dict[str, int]:
-    """Multiply-adds of every exact route that applies (`forward`: one forward pass)."""
+def route_costs(
+    program: trace.Program, chain: Chain | None, peel: trace.Peel | None, batch: int
+) -> dict[str, int]:
+    """Multiply-adds per batch of every exact route that applies to the traced function."""
+    d = _size(program.avals[0].shape)
+    out = program.out
+    k = _size(program.avals[out].shape) if isinstance(out, int) else 1
+    forward = max(sum(rules.macs(op) for op in program.ops), 1)
     costs = {"jacrev": batch * (forward + k * forward), "jacfwd": batch * (forward + d * forward)}
-    if chain is None:
-        return costs
+    if chain is not None:
+        costs |= _chain_costs(chain, batch, k, forward)
+    if peel is not None:
+        costs |= _peel_costs(peel, batch, k)
+    return costs
+
+
+def _peel_costs(peel: trace.Peel, batch: int, k: int) -> dict[str, int]:
+    """J_rest by reverse (k pullbacks) or forward mode (n_1 pushforwards) in the n_1-space of
+    a_1 = A_0 x, then Σ (M G) ⊙ M with G = A_0 A_0ᵀ formed once per batch."""
+    first = peel.first
+    n1, d = _size(first.out_shape), _size(first.in_shape)
+    rest = max(sum(rules.macs(op) for op in peel.rest), 1)
+    shared = batch * (trace.linear_macs(first) + rest + k * n1 * n1)
+    shared += _matrix_cost(first) + d * n1 * n1
+    return {"peel/jacrev": shared + batch * k * rest, "peel/jacfwd": shared + batch * n1 * rest}
+
+
+def _chain_costs(chain: Chain, batch: int, k: int, forward: int) -> dict[str, int]:
     lin, segs = chain.linear, chain.segments
     first = lin[0]
     rn_cost = trace.linear_macs(first)
-    if not trace.row_norms_propagate(first):
+    if not trace.row_norms_propagate(first, chain.program.avals):
         rn_cost += _matrix_cost(first) + _size(first.in_shape) * _size(first.out_shape)
     if not segs or (len(segs) == 1 and lin[-1].isometric):
-        costs["closed_form"] = batch * forward + rn_cost
-        return costs
+        return {"closed_form": batch * forward + rn_cost}
     n_l = len(segs)
     if lin[-1].isometric:
         prev = lin[n_l - 1]
@@ -114,13 +128,25 @@ def route_costs(chain: Chain | None, batch: int, d: int, k: int, forward: int) -
     base = batch * forward + chain_cost
     s1 = _size(first.out_shape)
     if first.isometric:
-        costs["structured/direct"] = base + batch * k * s1
-        return costs
-    costs["structured/direct"] = base + batch * k * trace.linear_macs(first)
-    costs["structured/gram"] = (
-        base + batch * k * s1 * s1 + _matrix_cost(first) + _size(first.in_shape) * s1 * s1
-    )
-    return costs
+        return {"structured/direct": base + batch * k * s1}
+    return {
+        "structured/direct": base + batch * k * trace.linear_macs(first),
+        "structured/gram": (
+            base + batch * k * s1 * s1 + _matrix_cost(first) + _size(first.in_shape) * s1 * s1
+        ),
+    }
+
+
+def choose(costs: dict[str, int], allowed=None) -> str:
+    """The cheapest route of `costs` (restricted to `allowed`); ties go to the structured and
+    peel routes (listed last), then to jacrev.
+
+    Rows pulled back through a convolution by the conv rule's own gradient run at about
+    jacrev's throughput (benchmarks, conv-28-c32s2-c64s2-d16), so multiply-adds compare fairly.
+    """
+    options = {r: c for r, c in costs.items() if allowed is None or r in allowed}
+    order = list(costs)[::-1]
+    return min(options, key=lambda r: (options[r], order.index(r)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,11 +155,12 @@ def route_costs(chain: Chain | None, batch: int, d: int, k: int, forward: int) -
 
 @dataclasses.dataclass
 class Context:
-    chain: Chain
+    chain: Chain | None
     env: dict
+    avals: dict
 
     def dtype(self, i: int):
-        return self.chain.program.avals[i].dtype
+        return self.avals[i].dtype
 
 
 def _flat_linear(ctx: Context, block: Block):
@@ -156,17 +183,37 @@ def matrix(ctx: Context, block: Block) -> jax.Array:
 
 
 def pull(ctx: Context, block: Block, rows: jax.Array) -> jax.Array:
-    """rows · A for rows [k, n_out]: each row pulled back through the linear map, [k, n_in]."""
-    zero = jnp.zeros(_size(block.in_shape), ctx.dtype(block.src))
-    _, vjp = jax.vjp(_flat_linear(ctx, block), zero)
+    """rows · A for rows [k, n_out]: each row pulled back through the linear map, [k, n_in].
+
+    One vjp of the whole block, unless a rule pulls rows back through one of its equations
+    faster (a convolution): then equation by equation, from the last.
+    """
     rows = rows.astype(ctx.dtype(block.dst))
-    return jax.vmap(lambda r: vjp(r)[0])(rows)
+    if all(type(rules.rule_for(op)).pull is rules.Rule.pull for op in block.ops):
+        zero = jnp.zeros(_size(block.in_shape), ctx.dtype(block.src))
+        _, vjp = jax.vjp(_flat_linear(ctx, block), zero)
+        return jax.vmap(lambda r: vjp(r)[0])(rows)
+    rows = rows.reshape(rows.shape[0], *block.out_shape)
+    for op in reversed(block.ops):
+        vals = [v.value if isinstance(v, trace.Lit) else ctx.env.get(v) for v in op.ins]
+        rule, d = rules.rule_for(op), op.dep[0]
+        pulled = rule.pull(op, vals, rows)
+        if pulled is None:
+            aval = op.eqn.invars[d].aval
+
+            def lin(v, op=op, vals=vals, rule=rule, d=d):
+                return rule.linear_part(op, [v if i == d else u for i, u in enumerate(vals)])
+
+            _, vjp = jax.vjp(lin, jnp.zeros(aval.shape, aval.dtype))
+            pulled = jax.vmap(lambda r, vjp=vjp: vjp(r)[0])(rows)
+        rows = pulled
+    return rows.reshape(rows.shape[0], _size(block.in_shape))
 
 
 def row_norms(ctx: Context, block: Block) -> jax.Array:
     """Squared row norms of A_0, flattened [n_out] (once per batch)."""
     rn = None
-    if trace.row_norms_propagate(block):
+    if trace.row_norms_propagate(block, ctx.avals):
         rn = trace.row_norms_sq(block, ctx.env, block.in_shape, ctx.dtype(block.src))
     if rn is None:
         rn = jnp.sum(matrix(ctx, block) ** 2, axis=1)
@@ -221,6 +268,7 @@ def final_step(ctx: Context, m: jax.Array, product: str, per_batch: dict) -> jax
     return jax.vmap(lambda mi: jnp.sum(pull(ctx, first, mi) ** 2))(m)
 
 
-def gram_of_first(ctx: Context) -> jax.Array:
-    """A_0 A_0ᵀ [n_1, n_1], once per batch, with the symmetric one-matmul backward."""
-    return gram(matrix(ctx, ctx.chain.linear[0]).T)
+def gram_of(ctx: Context, block: Block) -> jax.Array:
+    """A A^T [n_out, n_out] of a block's linear map, once per batch, with the symmetric
+    one-matmul backward."""
+    return gram(matrix(ctx, block).T)

@@ -1,8 +1,9 @@
 """Jacobian structure of a per-example function, read from its jaxpr (not from its class).
 
-`analyse(fn, x0)` traces `fn` at one example and splits it into a chain
+`trace(fn, x0)` flattens the jaxpr of `fn` at one example; `analyse` splits it into a chain
 h = A_L ∘ D_L ∘ ⋯ ∘ D_1 ∘ A_0 of affine maps A_l and elementwise segments D_l, or says which
-equation stops that. Each primitive family has one small rule below; nothing is guessed.
+equation stops that; `peel` finds the leading affine map A_0 of any other function. What each
+primitive is comes from its rule in `aecore.jacobian.rules`; nothing is guessed.
 """
 
 from __future__ import annotations
@@ -13,26 +14,11 @@ from collections.abc import Callable
 import jax
 import jax.extend as jex
 import jax.numpy as jnp
-import numpy as np
 
-# Primitives acting entry by entry: with operands of one shape (or scalars) their Jacobian is
-# diagonal. Their derivative is never looked up: a segment's diagonal comes from a jvp.
-ELEMENTWISE = frozenset(
-    """abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp
-    convert_element_type copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1
-    floor ge gt integer_pow is_finite le lgamma log log1p logistic lt max min mul ne neg not or pow
-    reduce_precision rem round rsqrt select_n sign sin sinh sqrt square sub tan tanh xor""".split()
-)
-# Calls whose body is another jaxpr: inlined (jit) or checked to be elementwise (custom rules).
-INLINED = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint"})
-CUSTOM = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
-# Linear maps that only move entries: they keep ‖·‖_F, so a trailing one can be dropped.
-ISOMETRIC = frozenset(
-    "reshape transpose squeeze expand_dims rev copy copy_p convert_element_type".split()
-)
-SHAPE_LINEAR = ISOMETRIC | {"broadcast_in_dim", "slice", "pad", "concatenate", "reduce_sum", "neg"}
-# Orthogonal-row-preserving ops (see `row_norms_sq`): each output row is one input row, scaled.
-_SELECTING = ISOMETRIC | set("slice pad concatenate neg mul div add sub add_any".split())
+from aecore.jacobian import rules
+from aecore.jacobian.rules import elementwise
+
+INLINED = elementwise.INLINED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +36,7 @@ class Op:
     ins: tuple
     outs: tuple[int, ...]
     where: str  # enclosing jit names, for `explain`
+    dep: tuple[int, ...] = ()  # positions of the operands that depend on x
 
     @property
     def name(self) -> str:
@@ -84,6 +71,7 @@ def _flatten(closed, x_aval) -> Program:
     avals: dict[int, object] = {}
     consts: dict[int, object] = {}
     ops: list[Op] = []
+    dep = {0}  # values that depend on the example x (id 0)
 
     def new(var) -> int:
         i = len(avals)
@@ -124,7 +112,10 @@ def _flatten(closed, x_aval) -> Program:
                         ids[outer] = j
                 continue
             outs = tuple(new(v) for v in eqn.outvars)
-            ops.append(Op(eqn, ins, outs, where))
+            dep_pos = tuple(i for i, v in enumerate(ins) if isinstance(v, int) and v in dep)
+            if dep_pos:
+                dep.update(outs)
+            ops.append(Op(eqn, ins, outs, where, dep_pos))
 
     jaxpr = closed.jaxpr
     x_var = jaxpr.invars[0]
@@ -133,27 +124,6 @@ def _flatten(closed, x_aval) -> Program:
     walk(jaxpr, closed.consts, [0], "")
     (out,) = jaxpr.outvars
     return Program(ops, consts, avals, read(out))
-
-
-def _is_elementwise_jaxpr(jaxpr, shape) -> bool:
-    """A call body that computes entry by entry on arrays of `shape`: every equation that
-    depends on the inputs is elementwise on that shape (constants may be built any way)."""
-    dep = set(jaxpr.invars)
-    for eqn in jaxpr.eqns:
-        if not any(not isinstance(v, jex.core.Literal) and v in dep for v in eqn.invars):
-            continue
-        dep.update(eqn.outvars)
-        name = eqn.primitive.name
-        if name in INLINED | CUSTOM:
-            inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-            if inner is None or not _is_elementwise_jaxpr(getattr(inner, "jaxpr", inner), shape):
-                return False
-        elif name not in ELEMENTWISE:
-            return False
-        for v in (*eqn.invars, *eqn.outvars):
-            if getattr(v.aval, "shape", None) not in (shape, ()):
-                return False
-    return True
 
 
 @dataclasses.dataclass
@@ -169,39 +139,14 @@ class Block:
 
     @property
     def isometric(self) -> bool:
-        return self.kind == "linear" and all(op.name in ISOMETRIC for op in self.ops)
+        return self.kind == "linear" and all(rules.rule_for(op).isometric(op) for op in self.ops)
 
     def describe(self) -> str:
         if self.kind == "elementwise":
-            labels = []
-            for op in self.ops:
-                label = op.where.strip("/").split("/")[0] if op.where else ""
-                if op.name in CUSTOM and not label:
-                    inner = op.eqn.params.get("call_jaxpr", op.eqn.params.get("fun_jaxpr"))
-                    eqns = getattr(getattr(inner, "jaxpr", inner), "eqns", [])
-                    names = [e.params.get("name") for e in eqns if "name" in e.params]
-                    label = str(names[0]) if names else ""
-                label = label or op.name
-                if label not in labels:
-                    labels.append(label)
-            return "+".join(labels)
-        parts = []
-        for op in self.ops:
-            if op.name == "dot_general":
-                n_in = int(np.prod(op.eqn.invars[_dep_index(op)].aval.shape))
-                parts.append(f"dense {n_in}→{int(np.prod(op.eqn.outvars[0].aval.shape))}")
-            elif op.name == "conv_general_dilated":
-                lhs = op.eqn.invars[0].aval.shape
-                parts.append(f"conv {_dims(lhs)}→{_dims(op.eqn.outvars[0].aval.shape)}")
+            return "+".join(dict.fromkeys(elementwise.label(op) for op in self.ops))
+        parts = [rules.rule_for(op).label(op) for op in self.ops]
+        parts = [p for p in parts if p]
         return " · ".join(parts) or ("reshape" if self.isometric else "linear")
-
-
-def _dims(shape) -> str:
-    return "x".join(str(s) for s in shape if s != 1) or "1"
-
-
-def _dep_index(op: Op) -> int:
-    return getattr(op, "_dep", 0)
 
 
 @dataclasses.dataclass
@@ -231,56 +176,6 @@ def _stop(op: Op, why: str) -> NotAChain:
     return NotAChain(f"{op.name} at {op.source()}: {why}")
 
 
-def _linear_in(op: Op, dep: set[int], cur: int) -> bool:
-    """Is `op` an affine map of its only x-dependent operand `cur`?"""
-    dep_pos = [i for i, v in enumerate(op.ins) if isinstance(v, int) and v in dep]
-    if len(dep_pos) != 1 or op.ins[dep_pos[0]] != cur or len(op.outs) != 1:
-        return False
-    op._dep = dep_pos[0]
-    name = op.name
-    if name == "dot_general":
-        return True
-    if name == "conv_general_dilated":
-        return dep_pos[0] == 0
-    if name == "div":
-        return dep_pos[0] == 0
-    if name in ("mul", "add", "sub", "add_any", "concatenate"):
-        return True
-    if name == "pad":
-        return dep_pos[0] == 0
-    if name == "convert_element_type":
-        return jnp.issubdtype(op.eqn.outvars[0].aval.dtype, jnp.floating)
-    return name in SHAPE_LINEAR
-
-
-def _elementwise_op(op: Op, shape) -> bool:
-    if len(op.outs) != 1 or op.eqn.outvars[0].aval.shape != shape:
-        return False
-    for v in op.eqn.invars:
-        if getattr(v.aval, "shape", None) not in (shape, ()):
-            return False
-    if op.name in CUSTOM:
-        inner = op.eqn.params.get("call_jaxpr", op.eqn.params.get("fun_jaxpr"))
-        if inner is None or not _is_elementwise_jaxpr(getattr(inner, "jaxpr", inner), shape):
-            return False
-        return _custom_rule_is_elementwise(op, shape)
-    return op.name in ELEMENTWISE
-
-
-def _custom_rule_is_elementwise(op: Op, shape) -> bool:
-    """The custom derivative rule itself must act entry by entry: its jvp is traced and checked,
-    since the segment's diagonal is read from that rule (a mixing rule would be misread)."""
-    avals = [v.aval for v in op.eqn.invars]
-    if not all(jnp.issubdtype(a.dtype, jnp.floating) for a in avals):
-        return False
-    primals = [jnp.zeros(a.shape, a.dtype) for a in avals]
-    try:
-        jvp = jax.make_jaxpr(lambda p, t: jax.jvp(lambda *a: op.bind(list(a))[0], p, t))
-        return _is_elementwise_jaxpr(jvp(primals, primals).jaxpr, shape)
-    except Exception:  # noqa: BLE001 - a rule that cannot be traced alone is not trusted
-        return False
-
-
 def trace(fn: Callable, x0) -> Program:
     """The flattened jaxpr of `fn` at one example `x0` (parameters become constants)."""
     closed = jax.make_jaxpr(fn)(x0)
@@ -289,77 +184,226 @@ def trace(fn: Callable, x0) -> Program:
     return _flatten(closed, jax.typeof(x0))
 
 
-def analyse(program: Program) -> Chain:
-    """The chain structure of `program`, or NotAChain naming the equation that stops it."""
-    ops = program.ops
+@dataclasses.dataclass
+class Live:
+    """The x-dependent equations that reach the output, in order, and who uses each value."""
+
+    program: Program
+    dep: set[int]
+    ops: list[Op]
+    uses: dict[int, list[int]]
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return tuple(self.program.avals[i].shape)
+
+    def linear_from(self, cur: int) -> tuple[list[Op], int]:
+        """The longest run of affine equations from `cur` along which each value has one user."""
+        block_ops = []
+        while cur != self.program.out:
+            users = self.uses.get(cur, [])
+            op = self.ops[users[0]] if users else None
+            if len(users) != 1 or not rules.is_linear(op) or op.ins[op.dep[0]] != cur:
+                break
+            block_ops.append(op)
+            cur = op.outs[0]
+        return block_ops, cur
+
+
+def live(program: Program) -> Live:
+    """Dead code and x-independent equations left out; NotAChain if the output ignores x."""
     dep = {0}
-    for op in ops:
-        if any(isinstance(v, int) and v in dep for v in op.ins):
+    for op in program.ops:
+        if op.dep:
             dep.update(op.outs)
     out = program.out
     if not isinstance(out, int) or out not in dep:
         raise NotAChain("the output does not depend on x")
-    # Keep only x-dependent equations that reach the output (dead code does not count).
-    live = {out}
+    reach = {out}
     dep_ops = []
-    for op in reversed(ops):
-        if any(o in live for o in op.outs) and any(o in dep for o in op.outs):
-            live.update(v for v in op.ins if isinstance(v, int))
+    for op in reversed(program.ops):
+        if any(o in reach for o in op.outs) and op.dep:
+            reach.update(v for v in op.ins if isinstance(v, int))
             dep_ops.append(op)
     dep_ops.reverse()
     uses: dict[int, list[int]] = {}
     for k, op in enumerate(dep_ops):
-        for v in op.ins:
-            if isinstance(v, int) and v in dep:
-                uses.setdefault(v, []).append(k)
+        for i in op.dep:
+            uses.setdefault(op.ins[i], []).append(k)
+    return Live(program, dep, dep_ops, uses)
 
-    def shape(i):
-        return tuple(program.avals[i].shape)
 
+def _segment(lv: Live, cur: int) -> Block:
+    """The elementwise segment from `cur`: the equations reachable from it through elementwise
+    ops of its shape whose x-dependent inputs all lie inside; NotAChain if it has no single
+    exit."""
+    seg_shape = lv.shape(cur)
+    members: set[int] = set()
+    seg_vars = {cur}
+    grown = True
+    while grown:
+        grown = False
+        for v in list(seg_vars):
+            for k in lv.uses.get(v, []):
+                op = lv.ops[k]
+                if k in members or not elementwise.is_elementwise(op, seg_shape):
+                    continue
+                if all(op.ins[i] in seg_vars for i in op.dep):
+                    members.add(k)
+                    seg_vars.update(op.outs)
+                    grown = True
+    out = lv.program.out
+    exits = [v for v in seg_vars if v == out or any(k not in members for k in lv.uses.get(v, []))]
+    if not members or len(exits) != 1 or exits[0] == cur:
+        users = lv.uses.get(cur, [])
+        outside = [k for v in seg_vars for k in lv.uses.get(v, []) if k not in members]
+        stopper = lv.ops[min(outside)] if outside else lv.ops[users[0]]
+        if len(users) > 1 or len(exits) > 1:
+            why = "x reaches it on two branches (skip connection or product of branches)"
+        else:
+            why = "not an affine map of x nor an elementwise function"
+        raise _stop(stopper, why)
+    seg_ops = [lv.ops[k] for k in sorted(members)]
+    (exit_,) = exits
+    return Block("elementwise", seg_ops, cur, exit_, seg_shape, lv.shape(exit_))
+
+
+def analyse(program: Program) -> Chain:
+    """The chain structure of `program`, or NotAChain naming the equation that stops it."""
+    lv = live(program)
     linear, segments = [], []
-    cur, block_ops, block_src = 0, [], 0
-    while cur != out:
-        users = uses.get(cur, [])
-        if not users:
+    cur = 0
+    while True:
+        block_ops, end = lv.linear_from(cur)
+        linear.append(Block("linear", block_ops, cur, end, lv.shape(cur), lv.shape(end)))
+        if end == program.out:
+            return Chain(program, linear, segments)
+        if not lv.uses.get(end):
             raise NotAChain("a value on the path from x is unused (internal error)")
-        first = dep_ops[users[0]]
-        if len(users) == 1 and _linear_in(first, dep, cur):
-            block_ops.append(first)
-            cur = first.outs[0]
+        segments.append(_segment(lv, end))
+        cur = segments[-1].dst
+
+
+@dataclasses.dataclass
+class Peel:
+    """fn = rest ∘ A_0: the affine map A_0 (`first`) all of x passes through, then anything."""
+
+    program: Program
+    first: Block
+    rest: list[Op]
+
+    def describe(self) -> str:
+        return f"{self.first.describe()} | {describe_ops(self.rest, self.first.dst)}"
+
+
+def _op_label(op: Op) -> str | None:
+    rule = rules.rule_for(op)
+    if rule is not None and type(rule) is not type(rules.elementwise.RULE):
+        return rule.label(op)  # dense, conv; shape ops are not named
+    if rule is not None and rule.linear(op) and len(op.dep) == 1:
+        return None  # a bias, a constant scale
+    return elementwise.label(op)
+
+
+def _cuts(ops: list[Op], start: int) -> list[int]:
+    """Indices j after which the only x-dependent value still needed is ops[j]'s output."""
+    last_use: dict[int, int] = {}
+    for j, op in enumerate(ops):
+        for i in op.dep:
+            last_use[op.ins[i]] = j
+    alive, cuts = {start}, []
+    for j, op in enumerate(ops):
+        alive = {v for v in alive if last_use.get(v, -1) > j} | set(op.outs)
+        if len(op.outs) == 1 and alive == set(op.outs):
+            cuts.append(j)
+    return cuts
+
+
+def _labels(ops: list[Op]) -> str:
+    labels: list[str] = []
+    for op in ops:
+        label = _op_label(op)
+        if label and (not labels or labels[-1] != label):  # gelu's equations say it once
+            labels.append(label)
+    return " · ".join(labels)
+
+
+def _describe_part(ops: list[Op], start: int) -> str:
+    """A part between two cuts that branches: named by how its branches meet (residual,
+    gating, concat) or by what it computes (a normalisation)."""
+    names = {op.name for op in ops}
+    reductions = sum(op.name == "reduce_sum" for op in ops)
+    if reductions and not names & {"dot_general", "conv_general_dilated"}:
+        if not names & {"rsqrt", "sqrt", "pow"}:
+            return "centre"  # h − mean(h), the first half of a LayerNorm written out
+        return "layer_norm" if reductions >= 2 else "rms_norm"
+    last = ops[-1]
+    dep_ins = [last.ins[i] for i in last.dep]
+    if last.name in ("add", "add_any", "sub") and start in dep_ins and len(dep_ins) == 2:
+        inner = ops[:-1]
+        return f"residual[{describe_ops(inner, start, ' · ') if inner else 'identity'}]"
+    kind = {"mul": "gating", "concatenate": "concat"}.get(last.name, "block")
+    return f"{kind}[{_labels(ops)}]"
+
+
+def describe_ops(ops: list[Op], start: int, sep: str = " | ") -> str:
+    """The block structure of x-dependent equations from the value `start`, e.g.
+    "residual[layer_norm · dense 512→512 · gelu] ×2 | dense 512→64 · tanh": runs of
+    equations with one x-dependent operand are paths, the rest parts between cuts."""
+    parts: list[list] = []  # ["path", labels] or [name]
+    begin, src = 0, start
+    for j in [*_cuts(ops, start), len(ops) - 1]:
+        if j < begin:
             continue
-        # An elementwise segment: the equations reachable from `cur` through elementwise ops
-        # of its shape whose x-dependent inputs all lie inside the segment.
-        seg_shape = shape(cur)
-        members: set[int] = set()
-        seg_vars = {cur}
-        grown = True
-        while grown:
-            grown = False
-            for v in list(seg_vars):
-                for k in uses.get(v, []):
-                    op = dep_ops[k]
-                    if k in members or not _elementwise_op(op, seg_shape):
-                        continue
-                    if all(not isinstance(a, int) or a not in dep or a in seg_vars for a in op.ins):
-                        members.add(k)
-                        seg_vars.update(op.outs)
-                        grown = True
-        exits = [v for v in seg_vars if v == out or any(k not in members for k in uses.get(v, []))]
-        if not members or len(exits) != 1 or exits[0] == cur:
-            outside = [k for v in seg_vars for k in uses.get(v, []) if k not in members]
-            stopper = dep_ops[min(outside)] if outside else first
-            if len(users) > 1 or len(exits) > 1:
-                why = "x reaches it on two branches (skip connection or product of branches)"
-            else:
-                why = "not an affine map of x nor an elementwise function"
-            raise _stop(stopper, why)
-        linear.append(Block("linear", block_ops, block_src, cur, shape(block_src), shape(cur)))
-        seg_ops = [dep_ops[k] for k in sorted(members)]
-        (exit_,) = exits
-        segments.append(Block("elementwise", seg_ops, cur, exit_, seg_shape, shape(exit_)))
-        cur, block_ops, block_src = exit_, [], exit_
-    linear.append(Block("linear", block_ops, block_src, cur, shape(block_src), shape(cur)))
-    return Chain(program, linear, segments)
+        part = ops[begin : j + 1]
+        shape = tuple(getattr(program_aval(part[0], src), "shape", ()))
+        if all(len(op.dep) == 1 for op in part):
+            labels = [_labels(part)] if _labels(part) else []
+        elif all(elementwise.is_elementwise(op, shape) for op in part):  # gelu, swish
+            labels = ["+".join(dict.fromkeys(elementwise.label(op) for op in part))]
+        else:
+            labels = None
+        if labels is None:
+            parts.append([_describe_part(part, src)])
+        elif parts and parts[-1][0] == "path":
+            parts[-1][1].extend(labels)
+        else:
+            parts.append(["path", labels])
+        begin, src = j + 1, ops[j].outs[0]
+    return sep.join(
+        _merge([" · ".join(p[1]) or "reshape" if p[0] == "path" else p[0] for p in parts])
+    )
+
+
+def program_aval(op: Op, value: int):
+    """The abstract value of `value` where `op` reads it."""
+    return next(v.aval for v, i in zip(op.eqn.invars, op.ins, strict=True) if i == value)
+
+
+def _merge(names: list[str]) -> list[str]:
+    """A written-out LayerNorm (centre, then rms_norm) as one name; repeated blocks as ×n."""
+    merged: list[list] = []
+    for name in names:
+        if merged and merged[-1] == ["centre", 1] and name == "rms_norm":
+            merged[-1][0] = "layer_norm"
+        elif merged and merged[-1][0] == name and name.startswith(("residual", "gating", "block")):
+            merged[-1][1] += 1
+        else:
+            merged.append([name, 1])
+    return [n if k == 1 else f"{n} ×{k}" for n, k in merged]
+
+
+def peel(program: Program) -> Peel | None:
+    """The leading affine map of `program` and the equations after it, or None if x does not
+    first pass through one (or nothing follows it)."""
+    try:
+        lv = live(program)
+    except NotAChain:
+        return None
+    block_ops, end = lv.linear_from(0)
+    first = Block("linear", block_ops, 0, end, lv.shape(0), lv.shape(end))
+    if end == program.out or not block_ops or first.isometric:
+        return None
+    return Peel(program, first, lv.ops[len(block_ops) :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,18 +441,8 @@ def run(ops: list[Op], env: dict, src: int, value, *, linear_part: bool = False)
     for op in ops:
         vals = [read(v) for v in op.ins]
         if linear_part:
-            d = _dep_index(op)
-            name = op.name
-            if name in ("add", "add_any"):
-                local[op.outs[0]] = last = vals[d]
-                continue
-            if name == "sub":
-                local[op.outs[0]] = last = vals[0] if d == 0 else -vals[1]
-                continue
-            if name == "pad":
-                vals[1] = jnp.zeros_like(vals[1])
-            if name == "concatenate":
-                vals = [v if i == d else jnp.zeros_like(v) for i, v in enumerate(vals)]
+            local[op.outs[0]] = last = rules.rule_for(op).linear_part(op, vals)
+            continue
         outs = op.bind(vals)
         for o, val in zip(op.outs, outs, strict=True):
             local[o] = val
@@ -422,12 +456,7 @@ def _dense_op(block: Block) -> Op | None:
     core = [op for op in core if op.name not in ("add", "add_any")]
     if len(core) != 1 or core[0].name != "dot_general":
         return None
-    op = core[0]
-    d = _dep_index(op)
-    (_, _), (lb, rb) = op.eqn.params["dimension_numbers"]
-    if lb or rb or isinstance(op.ins[1 - d], Lit) or op.eqn.invars[d].aval.ndim != 1:
-        return None
-    return op if op.eqn.invars[1 - d].aval.ndim == 2 else None
+    return core[0] if rules.dense.RULE.has_matrix(core[0]) else None
 
 
 def has_dense_matrix(block: Block) -> bool:
@@ -435,35 +464,9 @@ def has_dense_matrix(block: Block) -> bool:
 
 
 def dense_matrix(block: Block, env: dict):
-    """[n_out, n_in] matrix of a block that is one dot_general against a 2-D constant, else None.
-
-    Flattening reshapes and dtype casts around it keep the row-major order, so the matrix is the
-    constant itself (or its transpose): no identity has to be pushed through the map.
-    """
+    """[n_out, n_in] matrix of a block that is one dot_general against a 2-D constant, else None."""
     op = _dense_op(block)
-    if op is None:
-        return None
-    d = _dep_index(op)
-    (lc, rc), _ = op.eqn.params["dimension_numbers"]
-    w = env[op.ins[1 - d]]
-    w_contract = (rc if d == 0 else lc)[0]
-    return w.T if w_contract == 0 else w
-
-
-def row_norms_propagate(block: Block) -> bool:
-    """Whether `row_norms_sq` can propagate through the block (decided from the shapes)."""
-    disjoint = True
-    for op in block.ops:
-        if op.name in ("dot_general", "conv_general_dilated", "reduce_sum"):
-            if not disjoint:
-                return False
-            disjoint = op.name == "reduce_sum"
-        elif op.name == "broadcast_in_dim":
-            size_in = int(np.prod(op.eqn.invars[0].aval.shape))
-            disjoint = disjoint and size_in == int(np.prod(op.eqn.outvars[0].aval.shape))
-        elif op.name not in _SELECTING | SHAPE_LINEAR:
-            return False
-    return True
+    return None if op is None else rules.dense.RULE.matrix(op, env)
 
 
 def row_norms_sq(block: Block, env: dict, in_shape, dtype) -> object | None:
@@ -473,63 +476,35 @@ def row_norms_sq(block: Block, env: dict, in_shape, dtype) -> object | None:
     selects and scales entries), a dot_general or convolution maps squared row norms by the
     same operation with the squared constant, e.g. conv(ones, K²) for a convolution.
     """
-    rn = jnp.ones(in_shape, dtype=dtype)
+    last = jnp.ones(in_shape, dtype=dtype)
     disjoint = True
-    rn_env: dict[int, object] = {block.src: rn}
-    last = rn
+    rn_env: dict[int, object] = {block.src: last}
     for op in block.ops:
-        d = _dep_index(op)
         vals = [v.value if isinstance(v, Lit) else rn_env.get(v, env.get(v)) for v in op.ins]
-        vals[d] = rn_env[op.ins[d]]
-        name = op.name
-        if name in ("dot_general", "conv_general_dilated"):
-            if not disjoint:
-                return None
-            vals = [v if i == d else v * v for i, v in enumerate(vals)]
-            new = op.bind(vals)[0]
-            disjoint = False
-        elif name in ("add", "add_any", "sub", "neg"):
-            new = vals[d]
-        elif name == "mul":
-            new = vals[d] * vals[1 - d] ** 2
-        elif name == "div":
-            new = vals[0] / vals[1] ** 2
-        elif name == "reduce_sum":
-            if not disjoint:
-                return None
-            new = op.bind(vals)[0]
-        elif name == "broadcast_in_dim":
-            new = op.bind(vals)[0]
-            disjoint = disjoint and new.size == vals[d].size
-        elif name == "pad":
-            new = op.bind([vals[0], jnp.zeros((), vals[0].dtype)])[0]
-        elif name == "concatenate":
-            new = op.bind([v if i == d else jnp.zeros_like(v) for i, v in enumerate(vals)])[0]
-        elif name in _SELECTING or name in SHAPE_LINEAR:
-            new = op.bind(vals)[0]
-        else:
+        step = rules.rule_for(op).row_norms(op, vals, disjoint)
+        if step is None:
             return None
-        rn_env[op.outs[0]] = last = new
+        last, disjoint = step
+        rn_env[op.outs[0]] = last
     return last
 
 
+def row_norms_propagate(block: Block, avals: dict) -> bool:
+    """Whether `row_norms_sq` can propagate through the block (decided from the shapes alone:
+    the rules run on zeros of the constants' shapes, abstractly)."""
+
+    def probe():
+        env = {
+            v: jnp.zeros(avals[v].shape, avals[v].dtype)
+            for op in block.ops
+            for v in op.ins
+            if isinstance(v, int) and v != block.src
+        }
+        return row_norms_sq(block, env, block.in_shape, avals[block.src].dtype)
+
+    return jax.eval_shape(probe) is not None
+
+
 def linear_macs(block: Block) -> int:
-    """Multiply-adds of one application of the block's linear map (dot_general and conv)."""
-    total = 0
-    for op in block.ops:
-        out = int(np.prod(op.eqn.outvars[0].aval.shape))
-        if op.name == "dot_general":
-            (lc, _), _ = op.eqn.params["dimension_numbers"]
-            lhs = op.eqn.invars[0].aval.shape
-            total += out * int(np.prod([lhs[i] for i in lc]))
-        elif op.name == "conv_general_dilated":
-            rhs = op.eqn.invars[1].aval.shape
-            o = rhs[op.eqn.params["dimension_numbers"].rhs_spec[0]]
-            total += out * int(np.prod(rhs)) // o
-        else:
-            total += out
-    return total
-
-
-def elementwise_macs(block: Block) -> int:
-    return len(block.ops) * int(np.prod(block.in_shape))
+    """Multiply-adds of one application of the block's linear map."""
+    return sum(rules.macs(op) for op in block.ops)
