@@ -51,6 +51,11 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def check_nonnegative_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
 def check_choice(name: str, value, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
@@ -83,3 +88,17 @@ def check_unit_interval(name: str, x) -> None:
             f"got values in [{lo:g}, {hi:g}]; use the squared-error loss with a linear decoder "
             "for real-valued data, or rescale"
         )
+
+
+def one_line(e: BaseException | str, *, limit: int | None = None) -> str:
+    """A message or an exception as one line (whitespace collapsed), the one formatter of aecore.
+
+    With `limit` (how a wrapping error names its cause): `Type: first line`, cut after `limit`
+    characters and without the tensorstore spec that orbax appends.
+    """
+    if isinstance(e, str):
+        return " ".join(e.split())
+    if limit is None:
+        return " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(str(e).strip().split("\n")[0].split()).split(" [tensorstore_spec")[0]
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"

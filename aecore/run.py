@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -22,36 +21,19 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from aecore import _checks, evaluate, plots
-from aecore.checkpoint import Checkpointer, CheckpointError
+from aecore.checkpoint import CheckpointError
 from aecore.data import Dataset, load_dataset, normalize
 from aecore.models import ModelSpec
 from aecore.objective import Objective
 from aecore.train import FitResult, TrainConfig, fit, init_optimizer, make_optimizer
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
-DATA_FILE = "data.json"  # the training data's shape, value range and fingerprint
-FIGURES = (
-    "reconstructions",
-    "reconstruction_scatter",
-    "filters",
-    "manifold",
-    "codes",
-    "loss_curves",
-    "spectrum",
-    "contraction",
-)
-# Everything a run writes into its workdir: what `--overwrite` deletes (and nothing else).
-RUN_FILES = (
+from aecore.train.rundir import (
     CONFIG_FILE,
-    METRICS_FILE,
     DATA_FILE,
-    "metrics.jsonl",
-    CHECKPOINT_DIR,
-    "tb",
-    *(f"{name}.png" for name in FIGURES),
+    FIGURES,
+    METRICS_FILE,
+    RunDir,
 )
+
 # Config keys that do not change what a run computes: they may differ when a run is resumed.
 NOT_COMPARED = ("train.progress",)
 
@@ -66,7 +48,7 @@ EXISTING_RUN = ("refuse", "resume_as_is", "overwrite")
 
 def warn(message: str) -> None:
     """A one-line warning on stderr (`warnings.warn` would add a file and a source line)."""
-    print(f"warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    print(f"warning: {_checks.one_line(message)}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,20 +170,19 @@ def train_config_from(cfg: dict[str, Any]) -> TrainConfig:
 
 def read_config(workdir: str) -> dict[str, Any]:
     """The config of a run: WORKDIR/config.json (the one place a run stores it)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    cfg = RunDir(workdir).read_json(CONFIG_FILE)
+    if cfg is None:
         raise FileNotFoundError(
             f"{workdir} holds no {CONFIG_FILE}; train a model there first "
             "with `aecore train CONFIG --workdir DIR`"
         )
-    with open(path) as f:
-        return json.load(f)
+    return cfg
 
 
 def restore_model(workdir: str, cfg: dict[str, Any], input_shape: tuple[int, ...]):
     """The model of the latest checkpoint in WORKDIR/checkpoints, built from `cfg`."""
     template = build_model(cfg, input_shape)
-    with Checkpointer(os.path.join(workdir, CHECKPOINT_DIR)) as ckpt:
+    with RunDir(workdir).checkpointer() as ckpt:
         model, _, step, _ = ckpt.restore(template)
     return model, step
 
@@ -233,23 +214,6 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for k in sorted(set(a) | set(b))
         if k not in NOT_COMPARED and a.get(k, missing) != b.get(k, missing)
     ]
-
-
-def read_json(path: str) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None when the file does not exist."""
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_history(workdir: str) -> list[dict] | None:
-    """The records of WORKDIR/metrics.jsonl, or None without one."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def is_image(input_shape: tuple[int, ...]) -> bool:
@@ -290,7 +254,7 @@ def _figure_makers(
     """
     x = ds.x_test[:500]
     shape = ds.input_shape
-    path = {name: os.path.join(workdir, f"{name}.png") for name in FIGURES}
+    path = {name: RunDir(workdir).figure(name) for name in FIGURES}
     labels = None if ds.y_test is None else ds.y_test[:500]
     makers: dict[str, Callable[[], str]] = {}
     if is_image(shape):
@@ -395,8 +359,8 @@ def finish_run(
         last = [r["eval_reconstruction"] for r in history if "eval_reconstruction" in r]
         if last:
             metrics["final_eval_reconstruction"] = last[-1]
-    path = os.path.join(workdir, METRICS_FILE)
-    write_json(path, metrics)
+    run = RunDir(workdir)
+    run.write_json(METRICS_FILE, metrics)
     if not figures:
         return metrics
     figures = {  # figures drawn earlier and still on disk stay listed
@@ -404,16 +368,8 @@ def finish_run(
     }
     figures.update(save_figures(model, ds, cfg, workdir, history=history))
     metrics["figures"] = figures
-    write_json(path, metrics)
+    run.write_json(METRICS_FILE, metrics)
     return metrics
-
-
-def write_json(path: str, value: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,10 +393,10 @@ def check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
       ValueError: the checkpoint holds a model or optimizer state of other shapes.
       CheckpointError: the checkpoint is truncated or corrupted.
     """
-    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(ckpt_dir):  # nothing to resume; do not create the directory here
+    run = RunDir(workdir)
+    if not run.has_checkpoint_dir():  # nothing to resume; do not create the directory here
         return
-    with Checkpointer(ckpt_dir) as ckpt:
+    with run.checkpointer() as ckpt:
         if ckpt.latest_step() is None:
             return
         try:
@@ -465,7 +421,7 @@ def check_same_run(workdir: str, cfg: dict[str, Any], data_record: dict[str, Any
     train_config = train_config_from(cfg)
     stored = stored_config(workdir)
     diff = [] if stored is None else config_diff(stored, cfg)
-    old_data = read_json(os.path.join(workdir, DATA_FILE))
+    old_data = RunDir(workdir).read_json(DATA_FILE)
     if old_data and not diff and old_data.get("sha256") != data_record["sha256"]:
         diff = [f"the values of data.name {cfg['data']['name']!r} (its sha256 changed)"]
     if not diff:
@@ -553,34 +509,20 @@ def prepare(
     )
 
 
-def remove_run(workdir: str) -> list[str]:
-    """Deletes the files of a run (`RUN_FILES`) from `workdir`; other files stay. Returns them."""
-    removed = []
-    for name in RUN_FILES:
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-        else:
-            continue
-        removed.append(name)
-    return removed
-
-
-def train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
+def _train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
     """Trains (or resumes) a `prepare`d run: (the fit result, the metrics it adds)."""
     started = time.perf_counter()
+    rundir = RunDir(run.workdir)
     if jax.process_index() == 0:  # in a multi-process run, process 0 writes the run's files
         if run.overwrite and os.path.isdir(run.workdir):
-            removed = remove_run(run.workdir)
+            removed = rundir.remove_run()
             if removed:
                 warn(
                     f"--overwrite: deleted the earlier run in {run.workdir} ({', '.join(removed)})"
                 )
         os.makedirs(run.workdir, exist_ok=True)
-        write_json(os.path.join(run.workdir, CONFIG_FILE), run.cfg)
-        write_json(os.path.join(run.workdir, DATA_FILE), run.data_record)
+        rundir.write_json(CONFIG_FILE, run.cfg)
+        rundir.write_json(DATA_FILE, run.data_record)
     if jax.process_count() > 1:  # nobody reads the workdir before process 0 has laid it out
         multihost_utils.sync_global_devices("aecore_run_prepared")
     result = fit(
@@ -603,12 +545,13 @@ def train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
     return result, metrics
 
 
-def run_prepared(run: Prepared, *, figures: bool = True) -> dict[str, Any]:
-    """Trains (or resumes) a `prepare`d run, evaluates it, and writes its outputs."""
-    result, metrics = train_prepared(run)
+def run_prepared(run: Prepared, *, figures: bool = True) -> tuple[FitResult, dict[str, Any]]:
+    """Trains (or resumes) a `prepare`d run, evaluates it and writes its outputs (`figures`:
+    also the figures); returns the fit result and the metrics (as in WORKDIR/metrics.json)."""
+    result, metrics = _train_prepared(run)
     if jax.process_index() != 0:  # evaluation, metrics.json and figures: process 0 alone
-        return metrics
-    return finish_run(
+        return result, metrics
+    return result, finish_run(
         result.model,
         run.ds,
         run.cfg,
@@ -640,4 +583,4 @@ def train_and_evaluate(
       `saturation`, `linear_probe_accuracy` (labelled data only), `steps`, `wall_time_s`,
       `final_eval_reconstruction`, `figures` (name -> path).
     """
-    return run_prepared(prepare(config, workdir, existing=existing))
+    return run_prepared(prepare(config, workdir, existing=existing))[1]

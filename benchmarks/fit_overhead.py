@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from aecore import run as exp_train
 from aecore import train
 from aecore.configs import contractive
+from aecore.train.batches import _ArrayBatches
 
 
 def _setup():
@@ -33,7 +34,7 @@ def bare_loop(model, objective, x, config: train.TrainConfig) -> float:
     """Seconds for `config.num_steps` steps of the same guarded jitted step, nothing else."""
     optimizer = train.make_optimizer(config)
     step = train.make_train_step(objective, optimizer, donate=False, guard=True)
-    batches = train._ArrayBatches(x, config.batch_size, config.seed)
+    batches = _ArrayBatches(x, config.batch_size, config.seed)
     opt_state = train.init_optimizer(optimizer, model)
     key, healthy = jax.random.key(config.seed), jnp.asarray(True)
     m, o, metrics = step(model, opt_state, jnp.asarray(batches(0)), key, healthy)  # compile

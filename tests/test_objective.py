@@ -84,11 +84,12 @@ def test_invalid_objective_raises_naming_the_value(kwargs, match):
 def test_denoising_reconstructs_the_clean_target_and_probes_zero_is_exact():
     # Denoising: the corrupted input is reconstructed towards the CLEAN x. contractive_probes=0
     # (the default) gives exactly the terms of the exact objective, drawn with the same keys:
-    # corruption from split(key)[0], CAE+H from split(key)[1].
+    # corruption from split(key)[0], CAE+H (the second term) from fold_in(split(key)[1], 1).
     model, x = _setup()
     key = jax.random.key(3)
     _, terms = _terms(model, x, key, DENOISING_CAE_H)
-    k_corrupt, k_ho = jax.random.split(key)
+    k_corrupt, k_terms = jax.random.split(key)
+    k_ho = jax.random.fold_in(k_terms, 1)
     expected = _masked_reconstruction(model, x, k_corrupt, 0.3)
     np.testing.assert_allclose(terms["reconstruction"], expected, rtol=1e-6)
 
