@@ -221,9 +221,8 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
             config.data.name = args.data
         existing = "resume_as_is" if args.resume_as_is else "refuse"
         existing = "overwrite" if args.overwrite else existing
-        prepared = aerun.prepare(
-            config, workdir, existing=existing
-        )  # validates all; writes nothing
+        # Validates all (the config becomes one RunConfig there) and writes nothing.
+        prepared = aerun.prepare(config, workdir, existing=existing)
     except aerun.USER_ERRORS as e:
         raise UserError(_checks.one_line(e)) from e
     _, metrics = aerun.run_prepared(prepared)
@@ -239,15 +238,15 @@ def _evaluate(args) -> dict[str, Any]:
     from aecore import run as aerun
 
     started = time.perf_counter()
-    cfg = aerun.read_config(args.workdir)
-    ds, _ = aerun.load_data(cfg["data"])
-    model, step = aerun.restore_model(args.workdir, cfg, ds.input_shape)
+    config = aerun.read_config(args.workdir)
+    ds, _ = aerun.load_data(config.data)
+    model, step = aerun.restore_model(args.workdir, config, ds.input_shape)
     run = RunDir(args.workdir)
     kept = run.read_json(METRICS_FILE) or {}
     kept["steps"] = step
     kept["evaluate_wall_time_s"] = round(time.perf_counter() - started, 2)
     history = run.history()
-    metrics = aerun.finish_run(model, ds, cfg, args.workdir, history=history, metrics=kept)
+    metrics = aerun.finish_run(model, ds, config, args.workdir, history=history, metrics=kept)
     _print_metrics(metrics, args.workdir)
     return metrics
 
@@ -284,13 +283,12 @@ def _encode(args) -> np.ndarray:
     from aecore import run as aerun
     from aecore.data import load_dataset
 
-    cfg = aerun.read_config(args.workdir)
-    ds, stats = aerun.load_data(cfg["data"])  # the training statistics of the run
+    config = aerun.read_config(args.workdir)
+    ds, stats = aerun.load_data(config.data)  # the training statistics of the run
     if str(args.data).endswith(".npy"):
         x = np.load(args.data, allow_pickle=False)
     else:
-        d = cfg["data"]
-        new = load_dataset(args.data, data_dir=d["data_dir"], seed=d["seed"])
+        new = load_dataset(args.data, data_dir=config.data.data_dir, seed=config.data.seed)
         x = np.concatenate([new.x_train, new.x_test])
     if not np.issubdtype(np.asarray(x).dtype, np.number):
         raise ValueError(f"{args.data} must hold real numbers, got dtype {np.asarray(x).dtype}")
@@ -304,7 +302,7 @@ def _encode(args) -> np.ndarray:
     x = x.reshape(x.shape[0], *ds.input_shape)
     _check_range(args, x, RunDir(args.workdir).read_json(DATA_FILE) or stats["record"])
     x = ((x - stats["shift"]) / stats["scale"]).astype(np.float32)
-    model, _ = aerun.restore_model(args.workdir, cfg, ds.input_shape)
+    model, _ = aerun.restore_model(args.workdir, config, ds.input_shape)
     codes = evaluate.encode(model, x, batch_size=args.batch_size)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.save(args.out, codes)

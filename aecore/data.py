@@ -282,6 +282,27 @@ def sample_manifold(
     return x.astype(np.float32), coords.astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data a run trains on (`load_dataset`) and how it is normalized (a config section).
+
+    Attributes:
+      name: a dataset name (`DATASETS`, or a TFDS name) or a .npy/.npz/.csv path.
+      normalization: a method of `normalize` (one of `NORMALIZATIONS`).
+      data_dir: TFDS data directory, or None for its default.
+      max_examples: keep at most this many examples (before the split), or None for all.
+      test_fraction: the held-out fraction of a dataset without its own test split.
+      seed: the split's and subsample's seed.
+    """
+
+    name: str = "digits"
+    normalization: str = "none"
+    data_dir: str | None = None
+    max_examples: int | None = None
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
 def normalize(
     x_train: np.ndarray, x_test: np.ndarray | None = None, *, method: str
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:

@@ -257,7 +257,7 @@ def train_record(s: Setup, name: str, config: ml_collections.ConfigDict, data: D
     workdir = s.out / "runs" / name.replace(" ", "_").replace("/", "_")
     if workdir.is_dir():
         RunDir(workdir).remove_run()
-    prepared = aerun.prepare(config, workdir, dataset=data)
+    prepared = aerun.prepare(aerun.RunConfig.of(config), workdir, dataset=data)
     result, metrics = aerun.run_prepared(prepared, figures=False)
     return Trained(result.model, result.history, metrics, workdir)
 

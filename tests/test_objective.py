@@ -141,3 +141,19 @@ def test_chunk_size_reaches_both_jacobian_terms_and_changes_no_value(mode):
 
     jaxpr = str(jax.make_jaxpr(fn, static_argnums=0)(3))
     assert jaxpr.count("scan") >= 2, "chunk_size did not reach both terms"
+
+
+def test_terms_get_their_keys_by_position_not_by_name():
+    # Each term draws from fold_in(split(key)[1], its position in terms()), whatever its name.
+    def draw(model, x, x_tilde, h, key):
+        return jax.random.uniform(key)
+
+    model, x = _setup()
+    key = jax.random.key(4)
+    k_terms = jax.random.split(key)[1]
+    for names in (("contractive_like", "other"), ("other", "contractive_like")):
+        obj = Objective(l1=0.01, extra_terms=[regularizers.Term(n, draw) for n in names])
+        terms = _terms(model, x, key, obj)[1]
+        for position, name in enumerate(names, start=1):  # l1 is term 0
+            want = jax.random.uniform(jax.random.fold_in(k_terms, position))
+            np.testing.assert_array_equal(terms[name], want)

@@ -14,9 +14,9 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from aecore.data import DataConfig
 from aecore.models import ModelSpec
 from aecore.objective import Objective
-from aecore.run import DataConfig
 from aecore.train import TrainConfig
 
 # A config section per dataclass: every field of these is a config key of the same name, with
