@@ -77,7 +77,7 @@ class Objective:
         _checks.check_choice("loss", self.loss, losses.LOSSES)
         for name in ("weight_decay", "l1", "kl", "contractive", "higher_order"):
             _checks.check_nonnegative(name, getattr(self, name))
-        _checks.check_nonnegative_int("contractive_probes", self.contractive_probes)
+        _checks.check_int("contractive_probes", self.contractive_probes)
         _checks.check_open_unit("rho", self.rho)
         _checks.check_choice("jacobian_mode", self.jacobian_mode, jacobian.MODES)
         if self.chunk_size is not None:

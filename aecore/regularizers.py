@@ -244,7 +244,7 @@ def contractive_term(
         (`jacobian.frobenius_sq_estimate`, jvp), using the term's key.
       name: the metric name (use another one for a second contractive term).
     """
-    _checks.check_nonnegative_int("contractive_probes", probes)
+    _checks.check_int("contractive_probes", probes)
 
     def fn(model, x, x_tilde, h, key):
         encode = _encoder_fn(model, layer)

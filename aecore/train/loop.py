@@ -33,6 +33,8 @@ from aecore.train.step import (
 
 @dataclasses.dataclass
 class FitResult:
+    """What `fit` returns: the final model and optimizer state, the step reached, the history."""
+
     model: object
     opt_state: object
     step: int

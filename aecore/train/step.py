@@ -147,7 +147,7 @@ class TrainConfig:
         if self.batch_size is not None:
             _checks.check_positive_int("batch_size", self.batch_size)
         for name in ("eval_every", "checkpoint_every", "early_stopping"):
-            _checks.check_nonnegative_int(name, getattr(self, name))
+            _checks.check_int(name, getattr(self, name))
         _checks.check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _checks.check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         lr = self.learning_rate
