@@ -46,9 +46,20 @@ def check_half_open_unit(name: str, value) -> None:
         raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_int(name: str, value, *, low: int = 0, high: int | None = None) -> None:
+    """Raises unless `value` is an integer (not a bool) in [low, high] (no upper bound if None)."""
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
 
 
 def check_choice(name: str, value, allowed: Iterable[str]) -> None:
@@ -83,3 +94,17 @@ def check_unit_interval(name: str, x) -> None:
             f"got values in [{lo:g}, {hi:g}]; use the squared-error loss with a linear decoder "
             "for real-valued data, or rescale"
         )
+
+
+def one_line(e: BaseException | str, *, limit: int | None = None) -> str:
+    """A message or an exception as one line (whitespace collapsed), the one formatter of aecore.
+
+    With `limit` (how a wrapping error names its cause): `Type: first line`, cut after `limit`
+    characters and without the tensorstore spec that orbax appends.
+    """
+    if isinstance(e, str):
+        return " ".join(e.split())
+    if limit is None:
+        return " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(str(e).strip().split("\n")[0].split()).split(" [tensorstore_spec")[0]
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"

@@ -22,18 +22,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from aecore import _checks
+
 _MODEL, _OPT, _META = "model", "opt_state", "meta"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be read (truncated, corrupted, or not an aecore one)."""
-
-
-def _cause(e: BaseException) -> str:
-    """The first line of an exception, shortened (tensorstore appends its whole spec)."""
-    text = " ".join(str(e).split("\n")[0].split())
-    text = text.split(" [tensorstore_spec")[0]
-    return f"{type(e).__name__}: {text[:240]}{'...' if len(text) > 240 else ''}"
 
 
 def _leaf_key(i: int) -> str:
@@ -106,8 +101,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int = 3):
-        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be a positive integer, got {max_to_keep!r}")
+        _checks.check_positive_int("max_to_keep", max_to_keep)
         self.directory = os.path.abspath(os.fspath(directory))
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -158,7 +152,7 @@ class Checkpointer:
             out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             meta = out[_META]
         except Exception as e:  # orbax raises many types for damaged files
-            raise self._unreadable(step, _cause(e)) from e
+            raise self._unreadable(step, _checks.one_line(e, limit=240)) from e
         if not isinstance(meta, dict) or not {"step", "model"} <= set(meta):
             raise self._unreadable(step, "no aecore metadata")
         if meta["step"] != step:
@@ -197,7 +191,7 @@ class Checkpointer:
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:
-            raise self._unreadable(step, _cause(e)) from e
+            raise self._unreadable(step, _checks.one_line(e, limit=240)) from e
         new_model = _fill(model, out[_MODEL])
         new_opt = opt_state if _OPT not in items else _fill(opt_state, out[_OPT])
         return new_model, new_opt, int(meta["step"]), meta.get("config", {})
@@ -259,20 +253,6 @@ def latest_step(directory: str | os.PathLike[str]) -> int | None:
         return None
     with Checkpointer(directory) as ckpt:
         return ckpt.latest_step()
-
-
-def save_checkpoint(
-    directory: str | os.PathLike[str],
-    step: int,
-    model,
-    opt_state=None,
-    *,
-    config: dict[str, Any] | None = None,
-    max_to_keep: int = 3,
-) -> None:
-    """One-shot `Checkpointer(directory).save(...)`."""
-    with Checkpointer(directory, max_to_keep=max_to_keep) as ckpt:
-        ckpt.save(step, model, opt_state, config=config)
 
 
 def restore_checkpoint(

@@ -20,7 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from aecore import configs, distributed
+from aecore import _checks, configs, distributed
+from aecore.train.rundir import DATA_FILE, METRICS_FILE, RunDir
 
 # `aecore encode` refuses data of which more than RANGE_FRACTION of the values lie outside the
 # [min, max] of the data the run was trained from (the whole file: train and test splits),
@@ -33,10 +34,6 @@ RANGE_FRACTION = 0.01
 
 class UserError(ValueError):
     """Bad input found before any work started: `main` prints it as one line, exit code 2."""
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -66,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Train, evaluate and use autoencoders with exact Jacobian regularization.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_encode(sub)
+    _add_config(sub)
+    return p
+
+
+def _add_train(sub) -> None:
     t = sub.add_parser(
         "train",
         help="train an experiment config (resumes a run found in the workdir)",
@@ -109,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the workdir holds a run: delete it (its checkpoints, logs, metrics and figures; "
         "other files stay) and train CONFIG from scratch",
     )
+    _add_processes(t)
+
+
+def _add_processes(t: argparse.ArgumentParser) -> None:
+    """The flags of a run over several processes or machines (`distributed.initialize`)."""
     mp = t.add_argument_group(
         "several processes or machines",
         "Data-parallel training over all processes' devices on JAX's distributed runtime: start "
@@ -132,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for every process to arrive (default 120)",
     )
+
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser(
         "evaluate",
         help="re-evaluate a trained run and update its metrics.json",
@@ -141,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
         "redraw the figures.",
     )
     e.add_argument("workdir", metavar="WORKDIR")
+
+
+def _add_encode(sub) -> None:
     c = sub.add_parser(
         "encode",
         help="encode data with a trained run and save the codes",
@@ -162,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="encode inputs outside the training data's range anyway (with a warning)",
     )
+
+
+def _add_config(sub) -> None:
     g = sub.add_parser(
         "config",
         help="print an experiment config with its docstring",
@@ -171,7 +190,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("name", metavar="NAME", help=f"one of: {', '.join(configs.CONFIGS)}")
     g.add_argument("--quick", action="store_true", help="the config's quick variant")
-    return p
 
 
 def _print_config(args) -> str:
@@ -190,7 +208,7 @@ def _print_metrics(metrics: dict[str, Any], workdir: str) -> None:
 
 
 def _train(args, overrides: list[str]) -> dict[str, Any]:
-    from aecore import run as tr
+    from aecore import run as aerun
 
     workdir = args.workdir or os.path.join("runs", args.config)
     try:  # before anything touches a device: the run's devices span every process
@@ -202,17 +220,18 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
             join_timeout_s=args.join_timeout,
         )
     except ValueError as e:
-        raise UserError(_one_line(e)) from e
+        raise UserError(_checks.one_line(e)) from e
     try:
         config = configs.override(configs.get_config(args.config, quick=args.quick), overrides)
         if args.data is not None:
             config.data.name = args.data
         existing = "resume_as_is" if args.resume_as_is else "refuse"
         existing = "overwrite" if args.overwrite else existing
-        run = tr.prepare(config, workdir, existing=existing)  # validates all; writes nothing
-    except tr.USER_ERRORS as e:
-        raise UserError(_one_line(e)) from e
-    metrics = tr.run_prepared(run)
+        # Validates all (the config becomes one RunConfig there) and writes nothing.
+        prepared = aerun.prepare(config, workdir, existing=existing)
+    except aerun.USER_ERRORS as e:
+        raise UserError(_checks.one_line(e)) from e
+    _, metrics = aerun.run_prepared(prepared)
     if jax.process_index() == 0:
         _print_metrics(metrics, workdir)
     distributed.shutdown()
@@ -222,17 +241,18 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
 def _evaluate(args) -> dict[str, Any]:
     import time
 
-    from aecore import run as tr
+    from aecore import run as aerun
 
     started = time.perf_counter()
-    cfg = tr.read_config(args.workdir)
-    ds, _ = tr.load_data(cfg["data"])
-    model, step = tr.restore_model(args.workdir, cfg, ds.input_shape)
-    kept = tr.read_json(os.path.join(args.workdir, tr.METRICS_FILE)) or {}
+    config = aerun.read_config(args.workdir)
+    ds, _ = aerun.load_data(config.data)
+    model, step = aerun.restore_model(args.workdir, config, ds.input_shape)
+    run = RunDir(args.workdir)
+    kept = run.read_json(METRICS_FILE) or {}
     kept["steps"] = step
     kept["evaluate_wall_time_s"] = round(time.perf_counter() - started, 2)
-    history = tr.read_history(args.workdir)
-    metrics = tr.finish_run(model, ds, cfg, args.workdir, history=history, metrics=kept)
+    history = run.history()
+    metrics = aerun.finish_run(model, ds, config, args.workdir, history=history, metrics=kept)
     _print_metrics(metrics, args.workdir)
     return metrics
 
@@ -244,7 +264,7 @@ def _check_range(args, x: np.ndarray, record: dict[str, Any]) -> None:
     as loaded now), in raw units like `x`: "data_min"/"data_max" span the whole file the run
     was trained from (runs older than that record the training split's "train_min"/"train_max").
     """
-    from aecore import run as tr
+    from aecore import run as aerun
 
     lo = float(record.get("data_min", record["train_min"]))
     hi = float(record.get("data_max", record["train_max"]))
@@ -262,21 +282,20 @@ def _check_range(args, x: np.ndarray, record: dict[str, Any]) -> None:
         raise ValueError(
             f"{message}: scale the data like the training data, or pass --allow-out-of-range"
         )
-    tr.warn(f"{message}; encoding anyway (--allow-out-of-range)")
+    aerun.warn(f"{message}; encoding anyway (--allow-out-of-range)")
 
 
 def _encode(args) -> np.ndarray:
-    from aecore import _checks, evaluate
-    from aecore import run as tr
+    from aecore import evaluate
+    from aecore import run as aerun
     from aecore.data import load_dataset
 
-    cfg = tr.read_config(args.workdir)
-    ds, stats = tr.load_data(cfg["data"])  # the training statistics of the run
+    config = aerun.read_config(args.workdir)
+    ds, stats = aerun.load_data(config.data)  # the training statistics of the run
     if str(args.data).endswith(".npy"):
         x = np.load(args.data, allow_pickle=False)
     else:
-        d = cfg["data"]
-        new = load_dataset(args.data, data_dir=d["data_dir"], seed=d["seed"])
+        new = load_dataset(args.data, data_dir=config.data.data_dir, seed=config.data.seed)
         x = np.concatenate([new.x_train, new.x_test])
     if not np.issubdtype(np.asarray(x).dtype, np.number):
         raise ValueError(f"{args.data} must hold real numbers, got dtype {np.asarray(x).dtype}")
@@ -288,9 +307,9 @@ def _encode(args) -> np.ndarray:
             f"takes {ds.input_shape}"
         )
     x = x.reshape(x.shape[0], *ds.input_shape)
-    _check_range(args, x, tr.read_json(os.path.join(args.workdir, tr.DATA_FILE)) or stats["record"])
+    _check_range(args, x, RunDir(args.workdir).read_json(DATA_FILE) or stats["record"])
     x = ((x - stats["shift"]) / stats["scale"]).astype(np.float32)
-    model, _ = tr.restore_model(args.workdir, cfg, ds.input_shape)
+    model, _ = aerun.restore_model(args.workdir, config, ds.input_shape)
     codes = evaluate.encode(model, x, batch_size=args.batch_size)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.save(args.out, codes)
@@ -318,16 +337,16 @@ def main(argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None
 
         if exit_on_error and isinstance(e, distributed.PeerLost):
             # Python's normal exit would wait on the lost peer (runtime shutdown): leave now.
-            print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+            print(f"error: {_checks.one_line(e)}", file=sys.stderr, flush=True)
             os._exit(distributed.EXIT_PEER_LOST)
         if not exit_on_error or not isinstance(e, UserError | TrainingDiverged):
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {_checks.one_line(e)}", file=sys.stderr)
         raise SystemExit(2 if isinstance(e, UserError) else 1) from None
     except KeyboardInterrupt as e:
         if not exit_on_error:
             raise
-        print(f"error: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+        print(f"error: {_checks.one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
         raise SystemExit(130) from None
 
 
@@ -365,7 +384,7 @@ def _main(argv: list[str]) -> Any:
             return _evaluate(args)
         return _encode(args)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
-        raise UserError(_one_line(e)) from e
+        raise UserError(_checks.one_line(e)) from e
 
 
 if __name__ == "__main__":

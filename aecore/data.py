@@ -206,8 +206,7 @@ def load_dataset(
       ImportError: a TFDS name without tensorflow-datasets installed (the `tfds` extra).
     """
     _checks.check_open_unit("test_fraction", test_fraction)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    _checks.check_int("seed", seed)
     if max_examples is not None:
         _checks.check_positive_int("max_examples", max_examples)
 
@@ -280,6 +279,27 @@ def sample_manifold(
         coords = np.stack([t, h], 1)
     x = clean + noise * rng.standard_normal(clean.shape)
     return x.astype(np.float32), coords.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data a run trains on (`load_dataset`) and how it is normalized (a config section).
+
+    Attributes:
+      name: a dataset name (`DATASETS`, or a TFDS name) or a .npy/.npz/.csv path.
+      normalization: a method of `normalize` (one of `NORMALIZATIONS`).
+      data_dir: TFDS data directory, or None for its default.
+      max_examples: keep at most this many examples (before the split), or None for all.
+      test_fraction: the held-out fraction of a dataset without its own test split.
+      seed: the split's and subsample's seed.
+    """
+
+    name: str = "digits"
+    normalization: str = "none"
+    data_dir: str | None = None
+    max_examples: int | None = None
+    test_fraction: float = 0.2
+    seed: int = 0
 
 
 def normalize(
@@ -436,12 +456,7 @@ def _load_patches(
     if normalization == "whiten":
         photos = [whiten_image(img) for img in photos]
     max_size = min(min(img.shape) for img in photos)
-    if not (
-        isinstance(patch_size, int | np.integer)
-        and not isinstance(patch_size, bool)
-        and 1 <= patch_size <= max_size
-    ):
-        raise ValueError(f"patch_size must be an integer in [1, {max_size}], got {patch_size!r}")
+    _checks.check_int("patch_size", patch_size, low=1, high=max_size)
     rng = np.random.default_rng(seed)
     which = rng.integers(len(photos), size=num_patches)
     patches = np.empty((num_patches, patch_size, patch_size))

@@ -13,6 +13,8 @@ import time
 
 import jax
 
+from aecore import _checks
+
 ENV_COORDINATOR = "AECORE_COORDINATOR"  # host:port where process 0 serves the run
 ENV_NUM_PROCESSES = "AECORE_NUM_PROCESSES"
 ENV_PROCESS_ID = "AECORE_PROCESS_ID"
@@ -46,8 +48,8 @@ def settings(
         num_processes = _env_int(ENV_NUM_PROCESSES)
     if process_id is None:
         process_id = _env_int(ENV_PROCESS_ID)
-    if num_processes is not None and (isinstance(num_processes, bool) or num_processes < 1):
-        raise ValueError(f"num_processes must be an integer >= 1, got {num_processes!r}")
+    if num_processes is not None:
+        _checks.check_int("num_processes", num_processes, low=1)
     if process_id is not None and num_processes is not None:
         if not 0 <= process_id < num_processes:
             raise ValueError(

@@ -64,7 +64,7 @@ def _encode_eval(model, x):  # [B, *input_shape] -> [B, d_z], eval mode
     return models.apply_batch(lambda m, xi: m.encode(xi), models.eval_mode(model), x)[0]
 
 
-def _batched(fn: Callable, model, x: np.ndarray, batch_size: int) -> np.ndarray:
+def _in_chunks(fn: Callable, model, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Applies a jitted fn(model, xb) -> [B, ...] over batches; the last batch is padded so that
     every call has one shape (one compilation), and the padding is dropped again."""
     _checks.check_positive_int("batch_size", batch_size)
@@ -109,13 +109,13 @@ def _frobenius_sq_batch(model, x, *, mode):  # [B]
 def encode(model, x, *, batch_size: int = 512) -> np.ndarray:
     """Codes h(x) [N, d_z] of the examples x [N, *input_shape] (jitted, in batches)."""
     x = _check_x(model, x)
-    return _batched(_encode_batch, model, x, batch_size)
+    return _in_chunks(_encode_batch, model, x, batch_size)
 
 
 def reconstruct(model, x, *, batch_size: int = 512) -> np.ndarray:
     """Reconstructions x_hat = f(decoder(h(x))) [N, *input_shape]."""
     x = _check_x(model, x)
-    return _batched(_reconstruct_batch, model, x, batch_size)
+    return _in_chunks(_reconstruct_batch, model, x, batch_size)
 
 
 def reconstruction_error(model, x, *, loss: str, batch_size: int = 512) -> float:
@@ -125,7 +125,7 @@ def reconstruction_error(model, x, *, loss: str, batch_size: int = 512) -> float
     x = _check_x(model, x)
     if loss == "cross_entropy":
         _checks.check_unit_interval("cross-entropy targets x", x)
-    per_example = _batched(
+    per_example = _in_chunks(
         functools.partial(_reconstruction_batch, loss=loss), model, x, batch_size
     )
     return float(np.mean(per_example))
@@ -186,7 +186,7 @@ def jacobian_norms(model, x, *, mode: str = "auto", batch_size: int = 256) -> np
     """Exact ‖∂h(x_i)/∂x_i‖_F per example [N] (the square root of `jacobian.frobenius_sq`)."""
     _checks.check_choice("mode", mode, jacobian.MODES)
     x = _check_x(model, x)
-    sq = _batched(functools.partial(_frobenius_sq_batch, mode=mode), model, x, batch_size)
+    sq = _in_chunks(functools.partial(_frobenius_sq_batch, mode=mode), model, x, batch_size)
     return np.sqrt(np.maximum(sq, 0.0))
 
 

@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from aecore import _checks
+
 # Gabor parameters, in this order: centre (row, col) in pixels, orientation θ (radians, of the
 # carrier's wave vector), envelope stds along and across the wave vector (pixels), spatial
 # frequency f (cycles per pixel), phase φ, amplitude A, constant offset.
@@ -190,8 +192,7 @@ def white_noise_r2_threshold(
     """
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
-    if isinstance(num_filters, bool) or not isinstance(num_filters, int) or num_filters < 2:
-        raise ValueError(f"num_filters must be an integer >= 2, got {num_filters!r}")
+    _checks.check_int("num_filters", num_filters, low=2)
     d = int(np.prod(image_shape))
     noise = np.random.default_rng(seed).standard_normal((d, num_filters))
     return float(np.quantile(fit_gabor(noise, image_shape).r2, quantile))

@@ -37,9 +37,7 @@ from flax import nnx
 
 from aecore import _checks
 
-# Elementwise activations g and their derivatives g'(a) written from the pre-activation a.
-# The derivative is spelled out per activation (not sigmoid's h(1-h) for all): the closed-form
-# contractive penalty depends on it, and it is tested against autodiff for every entry.
+# Elementwise activations g, applied to the pre-activation a.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
@@ -47,23 +45,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "softplus": jax.nn.softplus,
     "identity": lambda a: a,
 }
-
-
-def activation_derivative(name: str, a: jax.Array) -> jax.Array:
-    """g'(a) for the elementwise activation `name`, same shape as `a`."""
-    if name == "sigmoid":
-        s = jax.nn.sigmoid(a)
-        return s * (1 - s)
-    if name == "tanh":
-        return 1 - jnp.tanh(a) ** 2
-    if name == "relu":
-        return (a > 0).astype(a.dtype)
-    if name == "softplus":
-        return jax.nn.sigmoid(a)
-    if name == "identity":
-        return jnp.ones_like(a)
-    _checks.check_choice("activation", name, ACTIVATIONS)
-    raise AssertionError("unreachable")
 
 
 OUTPUTS = ("sigmoid", "identity")
@@ -159,8 +140,8 @@ class Dense(nnx.Module):
 class MLPEncoder(nnx.Module):
     """h = g_L(W_L ... g_1(W_1 x + b_1) ... + b_L) on one flattened example.
 
-    The encoder exposes its layers (`self.layers`), which lets `aecore.jacobian` use the closed
-    form (one layer) or the structured exact path (several layers) for the contractive penalty.
+    `self.layers` are its dense layers (the first-layer filters of the figures); the exact
+    contractive routes come from what `encode` computes (`aecore.jacobian`), not from this class.
     """
 
     def __init__(
@@ -671,11 +652,6 @@ def train_mode(model):
     return nnx.view(model, deterministic=False, use_running_average=False, raise_if_not_found=False)
 
 
-def has_rng_state(model) -> bool:
-    """True when the model holds RNG streams (e.g. nnx.Dropout with rngs)."""
-    return isinstance(model, nnx.Module) and bool(jax.tree.leaves(nnx.state(model, nnx.RngKey)))
-
-
 def apply_batch(fn: Callable, model, *xs: jax.Array, key: jax.Array | None = None):
     """Applies `fn(model, *one_example)` to every example of the batches `xs` ([B, ...] each).
 
@@ -728,11 +704,6 @@ def _batch_value(u: jax.Array) -> jax.Array:
 # Protocol check: one example through encode and decode, abstractly (no FLOPs)
 
 
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).strip().split("\n")[0].split())
-    return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
-
-
 def check_protocol(model, example_shape: Sequence[int], dtype) -> tuple[int, ...]:
     """Checks, with `jax.eval_shape`, that `model` maps ONE example of `example_shape` to a code
     vector and the code back to `example_shape`; raises a one-line error naming what is wrong.
@@ -763,7 +734,8 @@ def check_protocol(model, example_shape: Sequence[int], dtype) -> tuple[int, ...
     except Exception as e:
         raise TypeError(
             f"encode must map ONE example of shape {example_shape} to a vector; it raised "
-            f"{_first_line(e)} — is it written for batches? batch with jax.vmap at the call site"
+            f"{_checks.one_line(e, limit=200)} — is it written for batches? batch with "
+            "jax.vmap at the call site"
         ) from None
     if not hasattr(h, "shape") or len(h.shape) != 1:
         shape = getattr(h, "shape", type(h).__name__)
@@ -781,7 +753,7 @@ def check_protocol(model, example_shape: Sequence[int], dtype) -> tuple[int, ...
     except Exception as e:
         raise TypeError(
             f"decode must map ONE code of shape {h.shape} to an example of shape "
-            f"{example_shape}; it raised {_first_line(e)}"
+            f"{example_shape}; it raised {_checks.one_line(e, limit=200)}"
         ) from None
     if getattr(out, "shape", None) != example_shape:
         raise ValueError(

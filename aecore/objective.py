@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from aecore import _checks, jacobian, losses, models, regularizers
 from aecore.regularizers import Term
@@ -35,8 +34,7 @@ class Objective:
         an ESTIMATE, not the exact value: `jacobian.frobenius_sq_estimate(model.encode, x, key,
         num_probes=contractive_probes)` (Hutchinson, its default method "jvp": unbiased, one
         forward-mode product per probe and example, variance ∝ 1/contractive_probes). The
-        probes get their own key, split off only when this is > 0. `jacobian_mode` and
-        `chunk_size` do not apply to the estimate.
+        probes draw from the term's own key; `jacobian_mode` and `chunk_size` do not apply.
       jacobian_mode: route of the contractive terms (see `aecore.jacobian.MODES`).
       chunk_size: evaluate the Jacobians of the contractive and higher-order terms in chunks
         of this many examples (memory bound; same values).
@@ -48,11 +46,9 @@ class Objective:
         ones; e.g. a contractive penalty on a hidden layer is
         `regularizers.contractive_term(0.1, layer=lambda m, x: m.encoder.hidden(x), name="cae1")`.
 
-    Keys: from a step's key, the probes of an estimated contractive term take
-    `split(key)[1]` (only when `contractive_probes` > 0, so the exact objective's keys stay),
-    the corruption and CAE+H take the two halves of `split` of the rest, the model's own RNG
-    streams (Dropout) take `fold_in(key, 0)` via `models.apply_batch`, and the i-th extra term
-    `fold_in(key, 2 + i)`.
+    Keys: from a step's key, the corruption takes `split(key)[0]`, the model's own RNG streams
+    (Dropout) `fold_in(key, 0)` via `models.apply_batch`, and the term at position i of
+    `terms()` `fold_in(split(key)[1], i)`: by position, never by name.
     """
 
     loss: str = "squared_error"
@@ -81,9 +77,7 @@ class Objective:
         _checks.check_choice("loss", self.loss, losses.LOSSES)
         for name in ("weight_decay", "l1", "kl", "contractive", "higher_order"):
             _checks.check_nonnegative(name, getattr(self, name))
-        p = self.contractive_probes
-        if isinstance(p, bool) or not isinstance(p, int | np.integer) or p < 0:
-            raise ValueError(f"contractive_probes must be an integer >= 0, got {p!r}")
+        _checks.check_int("contractive_probes", self.contractive_probes)
         _checks.check_open_unit("rho", self.rho)
         _checks.check_choice("jacobian_mode", self.jacobian_mode, jacobian.MODES)
         if self.chunk_size is not None:
@@ -172,11 +166,7 @@ def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objecti
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be an aecore.Objective, got {type(objective).__name__}")
     models.check_protocol(model, x.shape[1:], x.dtype)  # trace time only: shapes are static
-    if objective.contractive_probes > 0:  # split only here: the exact objective's keys stay
-        key, k_probe = jax.random.split(key)
-    else:
-        k_probe = None
-    k_corrupt, k_ho = jax.random.split(key)
+    k_corrupt, k_terms = jax.random.split(key)
     x_tilde = regularizers.corrupt(
         k_corrupt, x, kind=objective.corruption, level=objective.corruption_level
     )
@@ -188,13 +178,8 @@ def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objecti
     (h, out), updates = models.apply_batch(forward, model, x_tilde, key=jax.random.fold_in(key, 0))
     terms = {"reconstruction": jnp.mean(_loss_from_output(out, x, objective.loss))}
     deterministic = models.eval_mode(model)
-    extra = {id(t): i for i, t in enumerate(objective.extra_terms)}
-    for term in objective.terms():
-        if id(term) in extra:
-            k = jax.random.fold_in(key, 2 + extra[id(term)])
-        else:
-            k = {"contractive": k_probe, "higher_order": k_ho}.get(term.name, k_ho)
-        terms[term.name] = term(deterministic, x, x_tilde, h, k)
+    for i, term in enumerate(objective.terms()):
+        terms[term.name] = term(deterministic, x, x_tilde, h, jax.random.fold_in(k_terms, i))
     return sum(terms.values()), terms, updates
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from aecore import _checks, jacobian
 from aecore.models import weight_arrays
@@ -104,8 +103,7 @@ def contractive(
     """λ ‖J_x h(x)‖²_F per example, computed exactly (Rifai et al. 2011, CAE).
 
     Args:
-      encode: maps one example to its code (pass `model.encode` or the `MLPEncoder` to enable
-        the closed-form and structured routes).
+      encode: maps one example to its code (e.g. `model.encode`, any module or function).
       x: batch [B, *input_shape] (the clean inputs).
       weight: λ >= 0.
       mode, chunk_size: see `aecore.jacobian.frobenius_sq`.
@@ -246,8 +244,7 @@ def contractive_term(
         (`jacobian.frobenius_sq_estimate`, jvp), using the term's key.
       name: the metric name (use another one for a second contractive term).
     """
-    if isinstance(probes, bool) or not isinstance(probes, int | np.integer) or probes < 0:
-        raise ValueError(f"contractive_probes must be an integer >= 0, got {probes!r}")
+    _checks.check_int("contractive_probes", probes)
 
     def fn(model, x, x_tilde, h, key):
         encode = _encoder_fn(model, layer)
@@ -270,8 +267,11 @@ def higher_order_term(
     """Term "higher_order": CAE+H's γ E_ε ‖J(x) − J(x + ε)‖²_F per example (its key draws ε)."""
     _checks.check_nonnegative("higher-order sigma", sigma)
     _checks.check_positive_int("num_corruptions", num_corruptions)
-    # The structured/closed-form routes take one batch; the difference needs two: auto picks.
-    mode = "auto" if mode in ("structured", "closed_form") else mode
+    if mode in ("structured", "closed_form"):  # they take one batch; the difference needs two
+        raise ValueError(
+            f"the higher-order term cannot use jacobian mode {mode!r} (it takes one batch; the "
+            "difference needs two); use 'auto', 'jacrev' or 'jacfwd'"
+        )
 
     def fn(model, x, x_tilde, h, key):
         return contractive_higher_order(

@@ -1,8 +1,8 @@
 """`train_and_evaluate(config, workdir)`: one run from a config to checkpoints, metrics, figures.
 
 A config (a ConfigDict or plain nested dict, see `aecore.configs`) holds one section per
-dataclass: `data` (`DataConfig`), `model` (`ModelSpec`), `objective`, `train`; it is turned into
-those dataclasses here and stored once, as WORKDIR/config.json.
+dataclass: `data` (`DataConfig`), `model` (`ModelSpec`), `objective`, `train`; it becomes a
+frozen `RunConfig` once, where it enters, and is stored once, as WORKDIR/config.json.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -22,36 +21,19 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from aecore import _checks, evaluate, plots
-from aecore.checkpoint import Checkpointer, CheckpointError
-from aecore.data import Dataset, load_dataset, normalize
+from aecore.checkpoint import CheckpointError
+from aecore.data import DataConfig, Dataset, load_dataset, normalize
 from aecore.models import ModelSpec
 from aecore.objective import Objective
 from aecore.train import FitResult, TrainConfig, fit, init_optimizer, make_optimizer
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
-DATA_FILE = "data.json"  # the training data's shape, value range and fingerprint
-FIGURES = (
-    "reconstructions",
-    "reconstruction_scatter",
-    "filters",
-    "manifold",
-    "codes",
-    "loss_curves",
-    "spectrum",
-    "contraction",
-)
-# Everything a run writes into its workdir: what `--overwrite` deletes (and nothing else).
-RUN_FILES = (
+from aecore.train.rundir import (
     CONFIG_FILE,
-    METRICS_FILE,
     DATA_FILE,
-    "metrics.jsonl",
-    CHECKPOINT_DIR,
-    "tb",
-    *(f"{name}.png" for name in FIGURES),
+    FIGURES,
+    METRICS_FILE,
+    RunDir,
 )
+
 # Config keys that do not change what a run computes: they may differ when a run is resumed.
 NOT_COMPARED = ("train.progress",)
 
@@ -66,53 +48,77 @@ EXISTING_RUN = ("refuse", "resume_as_is", "overwrite")
 
 def warn(message: str) -> None:
     """A one-line warning on stderr (`warnings.warn` would add a file and a source line)."""
-    print(f"warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    print(f"warning: {_checks.one_line(message)}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Which data a run trains on (`aecore.data.load_dataset`) and how it is normalized.
+class RunConfig:
+    """One run's whole config: what `train_and_evaluate` trains, evaluates and stores.
 
-    Attributes:
-      name: a dataset name (`aecore.data.DATASETS`, or a TFDS name) or a .npy/.npz/.csv path.
-      normalization: a method of `aecore.data.normalize` ("none", "unit", "standard", "pca").
-      data_dir: TFDS data directory, or None for its default.
-      max_examples: keep at most this many examples (before the split), or None for all.
-      test_fraction: the held-out fraction of a dataset without its own test split.
-      seed: the split's and subsample's seed.
+    Built once where a config enters (`RunConfig.of`: the `aecore` command, the experiments);
+    every later step reads its sections, never the dicts it came from.
     """
 
-    name: str = "digits"
-    normalization: str = "none"
-    data_dir: str | None = None
-    max_examples: int | None = None
-    test_fraction: float = 0.2
-    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    objective: Objective = dataclasses.field(default_factory=Objective)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    @classmethod
+    def of(cls, config: Any) -> RunConfig:
+        """`config` (a RunConfig, a ConfigDict or nested dicts, one per section) as a RunConfig.
+
+        Raises:
+          ValueError / TypeError: an unknown section or field, or a value out of range (named).
+        """
+        if isinstance(config, RunConfig):
+            return config
+        cfg = _as_dict(config)
+        sections = {f.name: f.default_factory for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - set(sections))
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}; valid: {list(sections)}")
+        return cls(**{name: make(**cfg.get(name, {})) for name, make in sections.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored as WORKDIR/config.json (user terms are code: never stored)."""
+        if self.objective.extra_terms:
+            raise ValueError(
+                "a run from a config stores its config as JSON, which cannot hold "
+                "objective.extra_terms (code); train with aecore.train.fit instead"
+            )
+        return _as_dict(
+            {
+                f.name: {
+                    g.name: getattr(getattr(self, f.name), g.name)
+                    for g in dataclasses.fields(getattr(self, f.name))
+                    if g.name != "extra_terms"
+                }
+                for f in dataclasses.fields(self)
+            }
+        )
 
 
-def as_dict(config: Any) -> dict[str, Any]:
+def _as_dict(config: Any) -> dict[str, Any]:
     """A config (ConfigDict or nested dicts) as plain nested dicts, JSON-serialisable."""
     if hasattr(config, "to_dict"):  # a ConfigDict; aecore never imports ml_collections itself
         config = config.to_dict()
     return json.loads(json.dumps(config))
 
 
-def load_data(
-    data: dict[str, Any], *, name: str | None = None, dataset: Dataset | None = None
-) -> tuple[Dataset, dict[str, Any]]:
+def load_data(d: DataConfig, *, dataset: Dataset | None = None) -> tuple[Dataset, dict[str, Any]]:
     """Loads and normalizes the dataset of a config's `data` section.
 
-    `dataset`, when given, is used instead of loading `data["name"]` (an experiment's synthetic
-    or preprocessed data); it is normalized by `data["normalization"]` all the same.
+    `dataset`, when given, is used instead of loading `d.name` (an experiment's synthetic or
+    preprocessed data); it is normalized by `d.normalization` all the same.
 
     Returns:
       (dataset with normalized inputs, normalization stats of `aecore.data.normalize` plus
       "record": the raw data's shape, training range and fingerprint, as written to
       WORKDIR/data.json).
     """
-    d = DataConfig(**data)
     ds = dataset or load_dataset(
-        name or d.name,
+        d.name,
         data_dir=d.data_dir,
         test_fraction=d.test_fraction,
         seed=d.seed,
@@ -139,9 +145,27 @@ def load_data(
     return ds, stats
 
 
-def check_loss_fits_data(objective: Objective, ds: Dataset, output: str) -> None:
+def _check_batch_fits_data(train: TrainConfig, ds: Dataset) -> None:
+    """A batch holds at most the whole training set (data-parallel: a multiple of the devices)."""
+    n = ds.x_train.shape[0]
+    batch_size = train.batch_size or n  # None: the whole training set
+    if batch_size > n:
+        raise ValueError(
+            f"train.batch_size {batch_size} exceeds the {n} training examples of "
+            f"dataset {ds.name!r}; use train.batch_size <= {n}, or none for the full batch"
+        )
+    devices = jax.device_count()
+    parallel = train.data_parallel or jax.process_count() > 1  # as `fit` decides
+    if parallel and batch_size % devices:
+        raise ValueError(
+            f"train.data_parallel=True needs train.batch_size divisible by the {devices} "
+            f"devices, got {batch_size}; use a multiple of {devices}"
+        )
+
+
+def _check_loss_fits_data(config: RunConfig, ds: Dataset) -> None:
     """Cross-entropy needs targets in [0, 1] and a sigmoid decoder; say so before training."""
-    if objective.loss != "cross_entropy":
+    if config.objective.loss != "cross_entropy":
         return
     if ds.value_range != "unit":
         lo = float(min(ds.x_train.min(), ds.x_test.min()))
@@ -151,16 +175,17 @@ def check_loss_fits_data(objective: Objective, ds: Dataset, output: str) -> None
             f"in [{lo:g}, {hi:g}]; set data.normalization='unit', or use "
             "objective.loss='squared_error' with model.output='identity'"
         )
-    if output != "sigmoid":
+    if config.model.output != "sigmoid":
         raise ValueError(
-            f"the cross-entropy loss needs model.output='sigmoid', got {output!r}; use "
-            "objective.loss='squared_error' for an identity output"
+            "the cross-entropy loss needs model.output='sigmoid', got "
+            f"{config.model.output!r}; use objective.loss='squared_error' for an identity output"
         )
 
 
-def build_model(cfg: dict[str, Any], input_shape: tuple[int, ...]):
+def build_model(config: Any, input_shape: tuple[int, ...]):
     """The model of a config's `model` section (`ModelSpec.build`; weights from train.seed)."""
-    return ModelSpec(**cfg["model"]).build(input_shape, key=cfg["train"]["seed"])
+    config = RunConfig.of(config)
+    return config.model.build(input_shape, key=config.train.seed)
 
 
 def train_model(
@@ -180,40 +205,28 @@ def train_model(
     return fit(model, objective, x_train, config=config, x_test=x_test, workdir=workdir)
 
 
-def objective_from(cfg: dict[str, Any]) -> Objective:
-    return Objective(**cfg["objective"])
-
-
-def train_config_from(cfg: dict[str, Any]) -> TrainConfig:
-    return TrainConfig(**cfg["train"])
-
-
-def read_config(workdir: str) -> dict[str, Any]:
+def read_config(workdir: str) -> RunConfig:
     """The config of a run: WORKDIR/config.json (the one place a run stores it)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    cfg = _stored_config(workdir)
+    if cfg is None:
         raise FileNotFoundError(
             f"{workdir} holds no {CONFIG_FILE}; train a model there first "
             "with `aecore train CONFIG --workdir DIR`"
         )
-    with open(path) as f:
-        return json.load(f)
+    return RunConfig.of(cfg)
 
 
-def restore_model(workdir: str, cfg: dict[str, Any], input_shape: tuple[int, ...]):
-    """The model of the latest checkpoint in WORKDIR/checkpoints, built from `cfg`."""
-    template = build_model(cfg, input_shape)
-    with Checkpointer(os.path.join(workdir, CHECKPOINT_DIR)) as ckpt:
+def restore_model(workdir: str, config: RunConfig, input_shape: tuple[int, ...]):
+    """The model of the latest checkpoint in WORKDIR/checkpoints, built from `config`."""
+    template = build_model(config, input_shape)
+    with RunDir(workdir).checkpointer() as ckpt:
         model, _, step, _ = ckpt.restore(template)
     return model, step
 
 
-def stored_config(workdir: str) -> dict[str, Any] | None:
-    """The config of the run held in `workdir` (its config.json), or None."""
-    try:
-        return read_config(workdir)
-    except FileNotFoundError:
-        return None
+def _stored_config(workdir: str) -> dict[str, Any] | None:
+    """The config of the run held in `workdir` (its config.json, as stored), or None."""
+    return RunDir(workdir).read_json(CONFIG_FILE)
 
 
 def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -226,9 +239,9 @@ def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def _config_diff(old: Any, new: Any) -> list[str]:
     """`key: old -> new` for every config key whose value differs (`NOT_COMPARED` aside)."""
-    a, b = _flatten(as_dict(old)), _flatten(as_dict(new))  # as_dict: tuples and lists alike
+    a, b = (_flatten(c.to_dict() if isinstance(c, RunConfig) else _as_dict(c)) for c in (old, new))
     missing = object()
     return [
         f"{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}".replace(repr(missing), "(absent)")
@@ -237,24 +250,7 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
-def read_json(path: str) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None when the file does not exist."""
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_history(workdir: str) -> list[dict] | None:
-    """The records of WORKDIR/metrics.jsonl, or None without one."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def is_image(input_shape: tuple[int, ...]) -> bool:
+def _is_image(input_shape: tuple[int, ...]) -> bool:
     """Whether examples of this shape are images: [H, W, 1] or [H, W, 3] (digits: 8x8x1).
 
     Files of [N, H, W] already arrive as [N, H, W, 1]; [N, features] data, even 64 features
@@ -263,15 +259,14 @@ def is_image(input_shape: tuple[int, ...]) -> bool:
     return len(input_shape) == 3 and input_shape[-1] in (1, 3)
 
 
-def evaluate_run(model, ds: Dataset, cfg: dict[str, Any]) -> dict[str, Any]:
+def _evaluate_run(model, ds: Dataset, config: RunConfig) -> dict[str, Any]:
     """aecore.evaluate metrics of `model` on `ds` (numbers only; no figure, nothing written)."""
-    objective = objective_from(cfg)
-    max_examples = 500 if cfg["data"]["max_examples"] else 2000
-    metrics = evaluate.evaluate_model(model, ds, objective, max_examples=max_examples)
-    m = cfg["model"]
-    if m["activation"] == "identity" and m["output"] == "identity" and m["architecture"] == "mlp":
+    max_examples = 500 if config.data.max_examples else 2000
+    metrics = evaluate.evaluate_model(model, ds, config.objective, max_examples=max_examples)
+    m = config.model
+    if m.activation == "identity" and m.output == "identity" and m.architecture == "mlp":
         # A linear autoencoder with squared error should reach PCA's subspace and error.
-        k = int(m["hidden"][-1])
+        k = int(m.hidden[-1])
         x_train = ds.x_train[:max_examples]
         metrics["pca_reconstruction_error"] = evaluate.pca_reconstruction_error(
             x_train, ds.x_test[:max_examples], k
@@ -281,7 +276,7 @@ def evaluate_run(model, ds: Dataset, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _figure_makers(
-    model, ds: Dataset, cfg: dict[str, Any], workdir: str, history: list[dict] | None
+    model, ds: Dataset, config: RunConfig, workdir: str, history: list[dict] | None
 ) -> dict[str, Callable[[], str]]:
     """Figure name -> a function that draws it into `workdir`; only figures that fit the data.
 
@@ -292,14 +287,14 @@ def _figure_makers(
     """
     x = ds.x_test[:500]
     shape = ds.input_shape
-    path = {name: os.path.join(workdir, f"{name}.png") for name in FIGURES}
+    path = {name: RunDir(workdir).figure(name) for name in FIGURES}
     labels = None if ds.y_test is None else ds.y_test[:500]
     makers: dict[str, Callable[[], str]] = {}
-    if is_image(shape):
+    if _is_image(shape):
         makers["reconstructions"] = lambda: plots.save_reconstructions(
             path["reconstructions"], x[:10], evaluate.reconstruct(model, x[:10])
         )
-        if cfg["model"]["architecture"] == "mlp":
+        if config.model.architecture == "mlp":
             makers["filters"] = lambda: plots.save_filters(
                 path["filters"],
                 np.asarray(model.encoder.layers[0].kernel[...]),
@@ -322,7 +317,7 @@ def _figure_makers(
             makers["reconstructions"] = lambda: plots.save_reconstructions(
                 path["reconstructions"], x[:10], evaluate.reconstruct(model, x[:10])
             )
-    d_z = int(cfg["model"]["hidden"][-1]) if cfg["model"]["architecture"] == "mlp" else None
+    d_z = int(config.model.hidden[-1]) if config.model.architecture == "mlp" else None
     if d_z == 2:
         makers["codes"] = lambda: plots.save_codes_2d(
             path["codes"], evaluate.encode(model, x), labels
@@ -333,8 +328,8 @@ def _figure_makers(
         )
     if history:
         makers["loss_curves"] = lambda: plots.save_loss_curves(path["loss_curves"], history)
-    objective = cfg["objective"]
-    if objective["contractive"] > 0 or objective["higher_order"] > 0:
+    objective = config.objective
+    if objective.contractive > 0 or objective.higher_order > 0:
         makers["spectrum"] = lambda: plots.save_spectrum(
             path["spectrum"], evaluate.jacobian_spectrum(model, x, max_examples=100)
         )
@@ -348,19 +343,19 @@ def _figure_makers(
                 model,
                 x,
                 radii=(dist or 1.0) * np.geomspace(0.01, 1.0, 12),
-                key=jax.random.key(cfg["train"]["seed"]),
+                key=jax.random.key(config.train.seed),
             )
-            name = f"contractive {objective['contractive']:g}"
-            if objective["higher_order"] > 0:
-                name += f", higher order {objective['higher_order']:g}"
+            name = f"contractive {objective.contractive:g}"
+            if objective.higher_order > 0:
+                name += f", higher order {objective.higher_order:g}"
             return plots.save_contraction_curves(path["contraction"], {name: curve})
 
         makers["contraction"] = contraction
     return makers
 
 
-def save_figures(
-    model, ds: Dataset, cfg: dict[str, Any], workdir: str, *, history: list[dict] | None
+def _save_figures(
+    model, ds: Dataset, config: RunConfig, workdir: str, *, history: list[dict] | None
 ) -> dict[str, str]:
     """Draws the figures that fit the data (`_figure_makers`); name -> path of those drawn.
 
@@ -368,7 +363,7 @@ def save_figures(
     metrics are already on disk when this is called.
     """
     figures = {}
-    for name, make in _figure_makers(model, ds, cfg, workdir, history).items():
+    for name, make in _figure_makers(model, ds, config, workdir, history).items():
         try:
             figures[name] = make()
         except Exception as e:  # a figure is never worth a crash after training
@@ -379,7 +374,7 @@ def save_figures(
 def finish_run(
     model,
     ds: Dataset,
-    cfg: dict[str, Any],
+    config: RunConfig,
     workdir: str,
     *,
     history: list[dict] | None,
@@ -392,57 +387,47 @@ def finish_run(
     metrics replace their namesakes. metrics.json is written before any figure is drawn, and
     rewritten with the figures' paths once they are.
     """
-    metrics = {**metrics, **evaluate_run(model, ds, cfg)}
+    metrics = {**metrics, **_evaluate_run(model, ds, config)}
     if "final_eval_reconstruction" not in metrics and history:
         last = [r["eval_reconstruction"] for r in history if "eval_reconstruction" in r]
         if last:
             metrics["final_eval_reconstruction"] = last[-1]
-    path = os.path.join(workdir, METRICS_FILE)
-    write_json(path, metrics)
+    run = RunDir(workdir)
+    run.write_json(METRICS_FILE, metrics)
     if not figures:
         return metrics
     figures = {  # figures drawn earlier and still on disk stay listed
         k: v for k, v in metrics.get("figures", {}).items() if os.path.exists(v)
     }
-    figures.update(save_figures(model, ds, cfg, workdir, history=history))
+    figures.update(_save_figures(model, ds, config, workdir, history=history))
     metrics["figures"] = figures
-    write_json(path, metrics)
+    run.write_json(METRICS_FILE, metrics)
     return metrics
-
-
-def write_json(path: str, value: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """A validated run: everything `train_and_evaluate` needs, built before any file is written."""
 
-    cfg: dict[str, Any]
+    config: RunConfig
     ds: Dataset
-    objective: Objective
-    train_config: TrainConfig
     model: Any
     workdir: str
     data_record: dict[str, Any] = dataclasses.field(default_factory=dict)
     overwrite: bool = False  # delete the run found in `workdir` (its `RUN_FILES`) first
 
 
-def check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
+def _check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
     """Restores the latest checkpoint of `workdir` (if any) into `model`'s shapes, or raises.
 
     Raises:
       ValueError: the checkpoint holds a model or optimizer state of other shapes.
       CheckpointError: the checkpoint is truncated or corrupted.
     """
-    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(ckpt_dir):  # nothing to resume; do not create the directory here
+    run = RunDir(workdir)
+    if not run.has_checkpoint_dir():  # nothing to resume; do not create the directory here
         return
-    with Checkpointer(ckpt_dir) as ckpt:
+    with run.checkpointer() as ckpt:
         if ckpt.latest_step() is None:
             return
         try:
@@ -454,29 +439,28 @@ def check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
             ) from e
 
 
-def check_same_run(workdir: str, cfg: dict[str, Any], data_record: dict[str, Any], model) -> None:
+def _check_same_run(workdir: str, config: RunConfig, data_record: dict[str, Any], model) -> None:
     """Refuses to resume a run of `workdir` whose config or data differ from this one.
 
-    Also restores the stored checkpoint into `model`'s shapes (`check_resumable`): a damaged
+    Also restores the stored checkpoint into `model`'s shapes (`_check_resumable`): a damaged
     checkpoint is reported as such, and one that does not fit adds its reason to the message.
 
     Raises:
       ValueError: one line naming every differing key with its stored and new value.
       CheckpointError: the checkpoint is truncated or corrupted.
     """
-    train_config = train_config_from(cfg)
-    stored = stored_config(workdir)
-    diff = [] if stored is None else config_diff(stored, cfg)
-    old_data = read_json(os.path.join(workdir, DATA_FILE))
+    stored = _stored_config(workdir)
+    diff = [] if stored is None else _config_diff(stored, config)
+    old_data = RunDir(workdir).read_json(DATA_FILE)
     if old_data and not diff and old_data.get("sha256") != data_record["sha256"]:
-        diff = [f"the values of data.name {cfg['data']['name']!r} (its sha256 changed)"]
+        diff = [f"the values of data.name {config.data.name!r} (its sha256 changed)"]
     if not diff:
-        check_resumable(workdir, model, train_config)
+        _check_resumable(workdir, model, config.train)
         return
     try:
-        check_resumable(workdir, model, train_config)
+        _check_resumable(workdir, model, config.train)
         why = ""
-    except ValueError as e:  # the shapes that differ, without check_resumable's advice
+    except ValueError as e:  # the shapes that differ, without _check_resumable's advice
         why = f"; its checkpoint does not fit: {e.__cause__ or e}"
     raise ValueError(
         f"{workdir} holds a run with another config ({'; '.join(diff)}){why}; pass "
@@ -495,7 +479,7 @@ def prepare(
     """Validates a run completely (config values, data, resumable checkpoint); writes nothing.
 
     Args:
-      config: the experiment config.
+      config: the experiment config (a `RunConfig`, or a ConfigDict or nested dicts).
       workdir: where the run lives. A run already there (checkpoints or config.json) is
         resumed when its config is the same as `config` (`NOT_COMPARED` keys aside).
       existing: what to do when `workdir` holds a run with another config: "refuse" (raise,
@@ -508,46 +492,29 @@ def prepare(
     """
     _checks.check_choice("existing", existing, EXISTING_RUN)
     workdir = os.fspath(workdir)
-    cfg = as_dict(config)
     if existing == "resume_as_is":
-        stored = stored_config(workdir)
+        stored = _stored_config(workdir)
         if stored is None:
             raise FileNotFoundError(
                 f"--resume-as-is: {workdir} holds no run to continue (no checkpoint, no "
                 f"{CONFIG_FILE}); drop the flag to start one"
             )
-        ignored = config_diff(stored, cfg)
+        ignored = _config_diff(stored, config)
         if ignored:
             warn(f"--resume-as-is: the run keeps its own config ({'; '.join(ignored)})")
-        cfg = stored
-    objective = objective_from(cfg)
-    train_config = train_config_from(cfg)
-    ds, stats = load_data(cfg["data"], dataset=dataset)
-    check_loss_fits_data(objective, ds, cfg["model"]["output"])
-    n = ds.x_train.shape[0]
-    batch_size = train_config.batch_size or n  # None: the whole training set
-    if batch_size > n:
-        raise ValueError(
-            f"train.batch_size {batch_size} exceeds the {n} training examples of "
-            f"dataset {ds.name!r}; use train.batch_size <= {n}, or none for the full batch"
-        )
-    devices = jax.device_count()
-    parallel = train_config.data_parallel or jax.process_count() > 1  # as `fit` decides
-    if parallel and batch_size % devices:
-        raise ValueError(
-            f"train.data_parallel=True needs train.batch_size divisible by the {devices} "
-            f"devices, got {batch_size}; use a multiple of {devices}"
-        )
-    model = build_model(cfg, ds.input_shape)
+        config = stored
+    config = RunConfig.of(config)
+    ds, stats = load_data(config.data, dataset=dataset)
+    _check_loss_fits_data(config, ds)
+    _check_batch_fits_data(config.train, ds)
+    model = build_model(config, ds.input_shape)
     if existing == "refuse":
-        check_same_run(workdir, cfg, stats["record"], model)
+        _check_same_run(workdir, config, stats["record"], model)
     elif existing == "resume_as_is":
-        check_resumable(workdir, model, train_config)
+        _check_resumable(workdir, model, config.train)
     return Prepared(
-        cfg,
+        config,
         ds,
-        objective,
-        train_config,
         model,
         workdir,
         data_record=stats["record"],
@@ -555,41 +522,27 @@ def prepare(
     )
 
 
-def remove_run(workdir: str) -> list[str]:
-    """Deletes the files of a run (`RUN_FILES`) from `workdir`; other files stay. Returns them."""
-    removed = []
-    for name in RUN_FILES:
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-        else:
-            continue
-        removed.append(name)
-    return removed
-
-
-def train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
+def _train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
     """Trains (or resumes) a `prepare`d run: (the fit result, the metrics it adds)."""
     started = time.perf_counter()
+    rundir = RunDir(run.workdir)
     if jax.process_index() == 0:  # in a multi-process run, process 0 writes the run's files
         if run.overwrite and os.path.isdir(run.workdir):
-            removed = remove_run(run.workdir)
+            removed = rundir.remove_run()
             if removed:
                 warn(
                     f"--overwrite: deleted the earlier run in {run.workdir} ({', '.join(removed)})"
                 )
         os.makedirs(run.workdir, exist_ok=True)
-        write_json(os.path.join(run.workdir, CONFIG_FILE), run.cfg)
-        write_json(os.path.join(run.workdir, DATA_FILE), run.data_record)
+        rundir.write_json(CONFIG_FILE, run.config.to_dict())
+        rundir.write_json(DATA_FILE, run.data_record)
     if jax.process_count() > 1:  # nobody reads the workdir before process 0 has laid it out
         multihost_utils.sync_global_devices("aecore_run_prepared")
     result = fit(
         run.model,
-        run.objective,
+        run.config.objective,
         run.ds.x_train,
-        config=run.train_config,
+        config=run.config.train,
         x_test=run.ds.x_test,
         workdir=run.workdir,
     )
@@ -605,15 +558,16 @@ def train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
     return result, metrics
 
 
-def run_prepared(run: Prepared, *, figures: bool = True) -> dict[str, Any]:
-    """Trains (or resumes) a `prepare`d run, evaluates it, and writes its outputs."""
-    result, metrics = train_prepared(run)
+def run_prepared(run: Prepared, *, figures: bool = True) -> tuple[FitResult, dict[str, Any]]:
+    """Trains (or resumes) a `prepare`d run, evaluates it and writes its outputs (`figures`:
+    also the figures); returns the fit result and the metrics (as in WORKDIR/metrics.json)."""
+    result, metrics = _train_prepared(run)
     if jax.process_index() != 0:  # evaluation, metrics.json and figures: process 0 alone
-        return metrics
-    return finish_run(
+        return result, metrics
+    return result, finish_run(
         result.model,
         run.ds,
-        run.cfg,
+        run.config,
         run.workdir,
         history=result.history,
         metrics=metrics,
@@ -642,4 +596,4 @@ def train_and_evaluate(
       `saturation`, `linear_probe_accuracy` (labelled data only), `steps`, `wall_time_s`,
       `final_eval_reconstruction`, `figures` (name -> path).
     """
-    return run_prepared(prepare(config, workdir, existing=existing))
+    return run_prepared(prepare(config, workdir, existing=existing))[1]

@@ -17,23 +17,24 @@ import time
 import jax
 import jax.numpy as jnp
 
-from aecore import run as exp_train
+from aecore import run as aerun
 from aecore import train
 from aecore.configs import contractive
+from aecore.train.batches import _ArrayBatches
 
 
 def _setup():
-    cfg = exp_train.as_dict(contractive.get_config())
-    ds, _ = exp_train.load_data(cfg["data"])
-    model = exp_train.build_model(cfg, ds.x_train.shape[1:])
-    return cfg, ds, model, exp_train.objective_from(cfg), exp_train.train_config_from(cfg)
+    config = aerun.RunConfig.of(contractive.get_config())
+    ds, _ = aerun.load_data(config.data)
+    model = aerun.build_model(config, ds.x_train.shape[1:])
+    return config, ds, model, config.objective, config.train
 
 
 def bare_loop(model, objective, x, config: train.TrainConfig) -> float:
     """Seconds for `config.num_steps` steps of the same guarded jitted step, nothing else."""
     optimizer = train.make_optimizer(config)
     step = train.make_train_step(objective, optimizer, donate=False, guard=True)
-    batches = train._ArrayBatches(x, config.batch_size, config.seed)
+    batches = _ArrayBatches(x, config.batch_size, config.seed)
     opt_state = train.init_optimizer(optimizer, model)
     key, healthy = jax.random.key(config.seed), jnp.asarray(True)
     m, o, metrics = step(model, opt_state, jnp.asarray(batches(0)), key, healthy)  # compile

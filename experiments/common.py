@@ -20,6 +20,7 @@ import numpy as np
 from aecore import Objective, configs
 from aecore import run as aerun
 from aecore.data import Dataset, load_dataset
+from aecore.train.rundir import METRICS_FILE, RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 # 10,000 real MNIST digits kept beside the checkout for offline development (see its README).
@@ -255,18 +256,9 @@ def train_record(s: Setup, name: str, config: ml_collections.ConfigDict, data: D
     """
     workdir = s.out / "runs" / name.replace(" ", "_").replace("/", "_")
     if workdir.is_dir():
-        aerun.remove_run(str(workdir))
-    prepared = aerun.prepare(config, workdir, dataset=data)
-    result, kept = aerun.train_prepared(prepared)
-    metrics = aerun.finish_run(
-        result.model,
-        prepared.ds,
-        prepared.cfg,
-        str(workdir),
-        history=result.history,
-        metrics=kept,
-        figures=False,
-    )
+        RunDir(workdir).remove_run()
+    prepared = aerun.prepare(aerun.RunConfig.of(config), workdir, dataset=data)
+    result, metrics = aerun.run_prepared(prepared, figures=False)
     return Trained(result.model, result.history, metrics, workdir)
 
 
@@ -399,9 +391,6 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-METRICS_FILE = aerun.METRICS_FILE
 
 
 def write_results(path: Path, results: dict[str, Any], *, started: float) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from aecore import plots, train
-from aecore import run as tr
+from aecore import run as aerun
 from aecore.checkpoint import Checkpointer
 from aecore.cli import main
 from aecore.models import make_autoencoder
@@ -404,7 +404,7 @@ SLOW_STEPS = textwrap.dedent(
         time.sleep(0.02)
         return _batch_at(x, step, **kw)
 
-    train.batch_at = slow_batch_at
+    train.batches.batch_at = slow_batch_at  # the source of fit's batches calls it there
     """
 )
 
@@ -441,10 +441,10 @@ def test_killed_features_run_resumes_to_the_same_parameters(tmp_path):
     resumed = _run(*argv, "--workdir", wd)  # the same command again, in-process
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     main([*map(str, argv), "--workdir", str(tmp_path / "straight")])  # never interrupted
-    cfg = tr.read_config(str(wd))
-    assert cfg == tr.read_config(str(tmp_path / "straight"))
-    a, step_a = tr.restore_model(str(wd), cfg, (5,))
-    b, step_b = tr.restore_model(str(tmp_path / "straight"), cfg, (5,))
+    cfg = aerun.read_config(str(wd))
+    assert cfg == aerun.read_config(str(tmp_path / "straight"))
+    a, step_a = aerun.restore_model(str(wd), cfg, (5,))
+    b, step_b = aerun.restore_model(str(tmp_path / "straight"), cfg, (5,))
     assert step_a == step_b == 100
     diff = max(
         float(np.max(np.abs(np.asarray(u) - np.asarray(v))))

@@ -84,11 +84,12 @@ def test_invalid_objective_raises_naming_the_value(kwargs, match):
 def test_denoising_reconstructs_the_clean_target_and_probes_zero_is_exact():
     # Denoising: the corrupted input is reconstructed towards the CLEAN x. contractive_probes=0
     # (the default) gives exactly the terms of the exact objective, drawn with the same keys:
-    # corruption from split(key)[0], CAE+H from split(key)[1].
+    # corruption from split(key)[0], CAE+H (the second term) from fold_in(split(key)[1], 1).
     model, x = _setup()
     key = jax.random.key(3)
     _, terms = _terms(model, x, key, DENOISING_CAE_H)
-    k_corrupt, k_ho = jax.random.split(key)
+    k_corrupt, k_terms = jax.random.split(key)
+    k_ho = jax.random.fold_in(k_terms, 1)
     expected = _masked_reconstruction(model, x, k_corrupt, 0.3)
     np.testing.assert_allclose(terms["reconstruction"], expected, rtol=1e-6)
 
@@ -140,3 +141,19 @@ def test_chunk_size_reaches_both_jacobian_terms_and_changes_no_value(mode):
 
     jaxpr = str(jax.make_jaxpr(fn, static_argnums=0)(3))
     assert jaxpr.count("scan") >= 2, "chunk_size did not reach both terms"
+
+
+def test_terms_get_their_keys_by_position_not_by_name():
+    # Each term draws from fold_in(split(key)[1], its position in terms()), whatever its name.
+    def draw(model, x, x_tilde, h, key):
+        return jax.random.uniform(key)
+
+    model, x = _setup()
+    key = jax.random.key(4)
+    k_terms = jax.random.split(key)[1]
+    for names in (("contractive_like", "other"), ("other", "contractive_like")):
+        obj = Objective(l1=0.01, extra_terms=[regularizers.Term(n, draw) for n in names])
+        terms = _terms(model, x, key, obj)[1]
+        for position, name in enumerate(names, start=1):  # l1 is term 0
+            want = jax.random.uniform(jax.random.fold_in(k_terms, position))
+            np.testing.assert_array_equal(terms[name], want)

@@ -419,7 +419,7 @@ def test_a_signal_saves_the_step_reached_then_stops(sig, raised, match, tmp_path
             os.kill(os.getpid(), sig)
         return batch_at(x, step, **kw)
 
-    monkeypatch.setattr(train, "batch_at", batch_at_then_signal)
+    monkeypatch.setattr(train.batches, "batch_at", batch_at_then_signal)  # its caller
     before = signal.getsignal(sig)
     with pytest.raises(raised, match=match):
         train.fit(_model(), OBJ, _data(), config=_config(num_steps=10), workdir=str(tmp_path))
@@ -445,7 +445,7 @@ KILLABLE = textwrap.dedent(
         time.sleep(0.01)
         return batch_at(x, step, **kw)
 
-    train.batch_at = slow_batch_at
+    train.batches.batch_at = slow_batch_at  # the source of fit's batches calls it there
     cfg = train.TrainConfig(num_steps=NUM_STEPS, batch_size=16, learning_rate=1e-2,
                             checkpoint_every=25, log_every=10, progress=False)
     model = make_autoencoder((4, 4, 1), hidden=(6,), key=0)

@@ -1,8 +1,9 @@
 """Experiment configs, one file per variant; `get_config(name)` picks one by name.
 
-Each config has the sections of `SECTIONS` (derived from the dataclasses `aecore.run.DataConfig`,
-`aecore.models.ModelSpec`, `aecore.objective.Objective`, `aecore.train.TrainConfig`); its module
-docstring gives the command, the expected result and the runtime.
+Each config has the sections of `SECTIONS`, the fields of `aecore.run.RunConfig` (the dataclasses
+`aecore.data.DataConfig`, `aecore.models.ModelSpec`, `aecore.objective.Objective`,
+`aecore.train.TrainConfig`); its module docstring gives the command, the expected result and the
+runtime.
 """
 
 from __future__ import annotations
