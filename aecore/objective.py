@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aecore import _checks, jacobian, losses, models, regularizers
-from aecore.regularizers import Term
+from aecore.regularizers import HIGHER_ORDER_FORMS, Term
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +37,18 @@ class Objective:
         forward-mode product per probe and example, variance ∝ 1/contractive_probes). The
         probes get their own key, split off only when this is > 0. `jacobian_mode` and
         `chunk_size` do not apply to the estimate.
+      contractive_estimator: the estimate's method when `contractive_probes` > 0: "jvp"
+        (Hutchinson, default), "vjp", "hutch++" or "xtrace" (`jacobian.ESTIMATOR_METHODS`);
+        where it has a standard error the batch's estimated relative error is logged as
+        `contractive_rel_error` beside the term (not added to the loss).
       jacobian_mode: route of the contractive terms (see `aecore.jacobian.MODES`).
       chunk_size: evaluate the Jacobians of the contractive and higher-order terms in chunks
         of this many examples (memory bound; same values).
       higher_order: γ of CAE+H's γ E‖J(x) − J(x+ε)‖²_F, with ε ~ N(0, higher_order_sigma²)
         and `higher_order_samples` Monte-Carlo draws.
+      higher_order_mode: how that expectation is computed: "monte_carlo" (the draws above),
+        "expected" (exactly, no noise; one elementwise layer only) or "hessian" (its σ → 0
+        limit σ²‖∂J/∂x‖²_F, exact for any encoder); see `regularizers.contractive_higher_order`.
       corruption: "none", "mask" (drop probability `corruption_level`) or "gaussian"
         (std `corruption_level`); the reconstruction target stays the clean input.
       extra_terms: user terms (`regularizers.Term(name, fn, weight)`), added after the built-in
@@ -62,11 +69,13 @@ class Objective:
     rho: float = 0.05
     contractive: float = 0.0
     contractive_probes: int = 0
+    contractive_estimator: str = "jvp"
     jacobian_mode: str = "auto"
     chunk_size: int | None = None
     higher_order: float = 0.0
     higher_order_sigma: float = 0.1
     higher_order_samples: int = 4
+    higher_order_mode: str = "monte_carlo"
     corruption: str = "none"
     corruption_level: float = 0.0
     extra_terms: Sequence[Term] = ()
@@ -90,6 +99,10 @@ class Objective:
             _checks.check_positive_int("chunk_size", self.chunk_size)
         _checks.check_nonnegative("higher_order_sigma", self.higher_order_sigma)
         _checks.check_positive_int("higher_order_samples", self.higher_order_samples)
+        _checks.check_choice("higher_order_mode", self.higher_order_mode, HIGHER_ORDER_FORMS)
+        _checks.check_choice(
+            "contractive_estimator", self.contractive_estimator, jacobian.ESTIMATOR_METHODS
+        )
         _checks.check_choice("corruption", self.corruption, regularizers.CORRUPTIONS)
         if self.corruption == "mask":
             _checks.check_half_open_unit("corruption_level (mask q)", self.corruption_level)
@@ -119,6 +132,7 @@ class Objective:
                     mode=self.jacobian_mode,
                     chunk_size=self.chunk_size,
                     probes=self.contractive_probes,
+                    estimator=self.contractive_estimator,
                 )
             )
         if self.higher_order > 0:
@@ -129,6 +143,7 @@ class Objective:
                     num_corruptions=self.higher_order_samples,
                     mode=self.jacobian_mode,
                     chunk_size=self.chunk_size,
+                    form=self.higher_order_mode,
                 )
             )
         return built
@@ -189,13 +204,15 @@ def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objecti
     terms = {"reconstruction": jnp.mean(_loss_from_output(out, x, objective.loss))}
     deterministic = models.eval_mode(model)
     extra = {id(t): i for i, t in enumerate(objective.extra_terms)}
+    logged = {}  # logged beside the terms, not part of the loss
     for term in objective.terms():
         if id(term) in extra:
             k = jax.random.fold_in(key, 2 + extra[id(term)])
         else:
             k = {"contractive": k_probe, "higher_order": k_ho}.get(term.name, k_ho)
-        terms[term.name] = term(deterministic, x, x_tilde, h, k)
-    return sum(terms.values()), terms, updates
+        terms[term.name], logs = term.with_logs(deterministic, x, x_tilde, h, k)
+        logged.update(logs)
+    return sum(terms.values()), terms | logged, updates
 
 
 def objective_terms(
