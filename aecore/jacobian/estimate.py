@@ -107,7 +107,9 @@ def _xtrace(fn, xi, key, p: int, k: int, d: int):
     matvec = (lambda u: jvp(vjp(u))) if k <= d else (lambda v: vjp(jvp(v)))
     n = min(k, d)
     samples = stochtrace.sampler_normal(jnp.zeros((n,), xi.dtype), num=p)(key)
-    loo = stochtrace.leave_one_out_xnystrace()(matvec, samples)
+    # matfree relies on NumPy's rank promotion; the caller may have made it an error.
+    with jax.numpy_rank_promotion("allow"):
+        loo = stochtrace.leave_one_out_xnystrace()(matvec, samples)
     return _mean_se(loo)
 
 
