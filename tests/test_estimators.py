@@ -167,3 +167,25 @@ def test_explain_lists_each_estimator(x64):
     text = str(report)
     assert "hutch++" in text and "rel. s.d." in text
     assert jacobian.explain(fn, x).estimates == {}
+
+
+def test_xtrace_gradient_finite_for_a_rank_deficient_jacobian(x64):
+    """A rank-2 Jacobian sketched with 4 vectors: the Nyström pseudo-inverse masks eigenvalues;
+    matfree's own `nystrom_eigh` differentiates through them (NaN), `estimate._nystrom` not."""
+    x = jax.random.normal(jax.random.key(6), (3, 10), jnp.float64)
+    a = jax.random.normal(jax.random.key(7), (2, 10), jnp.float64)
+    b = jax.random.normal(jax.random.key(8), (8, 2), jnp.float64)
+
+    def penalty(scale):
+        fn = lambda v: b @ jnp.tanh(scale * (a @ v))  # noqa: E731
+        est = jacobian.frobenius_sq_estimate(
+            fn, x, jax.random.key(0), num_probes=4, method="xtrace"
+        )
+        return jnp.mean(est)
+
+    grad = jax.grad(penalty)(jnp.asarray(0.7, jnp.float64))
+    assert np.isfinite(float(grad))
+    exact = jax.grad(
+        lambda s: jnp.mean(jacobian.frobenius_sq(lambda v: b @ jnp.tanh(s * (a @ v)), x))
+    )
+    np.testing.assert_allclose(grad, exact(jnp.asarray(0.7, jnp.float64)), rtol=1e-6)

@@ -80,6 +80,8 @@ def _hutch_pp(fn, xi, key, p: int):
     matfree has no Hutch++, hence this.
     """
     s, r = p // 2, p - p // 2
+    if s == 0:  # one probe: nothing to sketch, Hutchinson's estimate
+        return _hutchinson(fn, xi, key, p, "jvp")
     k_sketch, k_res = jax.random.split(key)
     out, pullback = jax.vjp(fn, xi)
     omega = jax.random.normal(k_sketch, (s, *out.shape), out.dtype)
@@ -92,10 +94,30 @@ def _hutch_pp(fn, xi, key, p: int):
     return exact_part + residual, se
 
 
+def _nystrom(matvec_flat, omega):
+    """matfree's `nystrom_eigh` (Nyström approximation through a pseudo-inverse) written so that
+    its derivative stays finite: matfree's `where(mask, vals ** -0.5, 0)` differentiates
+    vals ** -0.5 at the masked (near-zero or negative) eigenvalues, which gives NaN gradients
+    for ill-conditioned sketches; here masked entries never reach the power or a division."""
+    m = omega.shape[1]
+    eps = jnp.finfo(omega.dtype).eps
+    y = jax.vmap(matvec_flat, in_axes=-1, out_axes=-1)(omega)  # [n, m]
+    h = omega.T @ y
+    vals, vecs = jnp.linalg.eigh((h + h.T) / 2)
+    mask = vals >= eps * m * jnp.abs(vals[-1])
+    vecs = jnp.where(mask[None, :], vecs, 0.0)
+    left = vecs * jnp.where(mask, jnp.where(mask, vals, 1.0) ** -0.5, 0.0)[None, :]
+    f = y @ left  # F Fᵀ = Y H⁺ Yᵀ
+    essential = jnp.sum(vecs**2, axis=1) + jnp.sqrt(eps) > 1.0  # leverage of each column
+    norms = jnp.linalg.norm(left, axis=1)
+    downdate = (f @ left.T) / jnp.where(essential, norms, 1.0)[None, :]
+    return f, jnp.where(essential[None, :], downdate, 0.0), jnp.zeros((), y.dtype)
+
+
 def _xtrace(fn, xi, key, p: int, k: int, d: int):
     """XNysTrace (Epperly, Tropp & Webber 2024) on the PSD operator J Jᵀ (k ≤ d) or JᵀJ, by
-    matfree: p test vectors, one jvp and one vjp each; mean and SE (ddof=1) of the p
-    leave-one-out estimates."""
+    matfree with the Nyström step of `_nystrom`: p test vectors, one jvp and one vjp each; mean
+    and SE (ddof=1) of the p leave-one-out estimates."""
     out, pullback = jax.vjp(fn, xi)
 
     def jvp(v):
@@ -109,7 +131,7 @@ def _xtrace(fn, xi, key, p: int, k: int, d: int):
     samples = stochtrace.sampler_normal(jnp.zeros((n,), xi.dtype), num=p)(key)
     # matfree relies on NumPy's rank promotion; the caller may have made it an error.
     with jax.numpy_rank_promotion("allow"):
-        loo = stochtrace.leave_one_out_xnystrace()(matvec, samples)
+        loo = stochtrace.leave_one_out_xnystrace(nystrom=_nystrom)(matvec, samples)
     return _mean_se(loo)
 
 
