@@ -75,8 +75,8 @@ class Layers:
 
 def read_layers(fn: Callable, x0: jax.Array) -> Layers | str:
     """`fn` at one example as dense/convolution maps and elementwise layers, or why it is not."""
-    program = trace.trace(fn, x0)
     try:
+        program = trace.trace(fn, x0)
         chain = trace.analyse(program)
     except trace.NotAChain as e:
         return f"not a chain of affine maps and elementwise functions ({e})"
