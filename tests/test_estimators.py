@@ -189,3 +189,14 @@ def test_xtrace_gradient_finite_for_a_rank_deficient_jacobian(x64):
         lambda s: jnp.mean(jacobian.frobenius_sq(lambda v: b @ jnp.tanh(s * (a @ v)), x))
     )
     np.testing.assert_allclose(grad, exact(jnp.asarray(0.7, jnp.float64)), rtol=1e-6)
+
+
+def test_xtrace_of_a_zero_jacobian_is_zero(x64):
+    """A saturated example (J = 0) once made XTrace's value NaN (conv encoder on MNIST)."""
+    x = jnp.zeros((2, 6), jnp.float64)
+    fn = lambda v: 0.0 * jnp.tanh(v[:4])  # noqa: E731
+    est, se = jacobian.frobenius_sq_estimate(
+        fn, x, jax.random.key(0), num_probes=2, method="xtrace", with_error=True
+    )
+    np.testing.assert_array_equal(est, 0.0)
+    np.testing.assert_array_equal(se, 0.0)

@@ -98,13 +98,15 @@ def _nystrom(matvec_flat, omega):
     """matfree's `nystrom_eigh` (Nyström approximation through a pseudo-inverse) written so that
     its derivative stays finite: matfree's `where(mask, vals ** -0.5, 0)` differentiates
     vals ** -0.5 at the masked (near-zero or negative) eigenvalues, which gives NaN gradients
-    for ill-conditioned sketches; here masked entries never reach the power or a division."""
+    for ill-conditioned sketches, and its `>=` keeps every eigenvalue of a zero operator (NaN
+    values); here masked entries never reach the power or a division."""
     m = omega.shape[1]
     eps = jnp.finfo(omega.dtype).eps
     y = jax.vmap(matvec_flat, in_axes=-1, out_axes=-1)(omega)  # [n, m]
     h = omega.T @ y
     vals, vecs = jnp.linalg.eigh((h + h.T) / 2)
-    mask = vals >= eps * m * jnp.abs(vals[-1])
+    # Strict: a zero operator (a saturated example, J = 0) masks every eigenvalue, not none.
+    mask = vals > eps * m * jnp.abs(vals[-1])
     vecs = jnp.where(mask[None, :], vecs, 0.0)
     left = vecs * jnp.where(mask, jnp.where(mask, vals, 1.0) ** -0.5, 0.0)[None, :]
     f = y @ left  # F Fᵀ = Y H⁺ Yᵀ
