@@ -200,3 +200,11 @@ def test_xtrace_of_a_zero_jacobian_is_zero(x64):
     )
     np.testing.assert_array_equal(est, 0.0)
     np.testing.assert_array_equal(se, 0.0)
+
+    def penalty(w):
+        g = lambda v: w * jnp.tanh(v[:4])  # noqa: E731
+        return jnp.mean(
+            jacobian.frobenius_sq_estimate(g, x, jax.random.key(0), num_probes=2, method="xtrace")
+        )
+
+    assert np.isfinite(float(jax.grad(penalty)(jnp.asarray(0.0, jnp.float64))))

@@ -104,7 +104,12 @@ def _nystrom(matvec_flat, omega):
     eps = jnp.finfo(omega.dtype).eps
     y = jax.vmap(matvec_flat, in_axes=-1, out_axes=-1)(omega)  # [n, m]
     h = omega.T @ y
-    vals, vecs = jnp.linalg.eigh((h + h.T) / 2)
+    # A zero operator (J = 0) has m equal eigenvalues, where eigh's derivative divides by zero:
+    # decompose a stand-in with distinct ones instead (every eigenvalue is masked below).
+    zero = jnp.all(h == 0)
+    stand_in = jnp.diag(jnp.arange(1, m + 1, dtype=h.dtype))
+    vals, vecs = jnp.linalg.eigh(jnp.where(zero, stand_in, (h + h.T) / 2))
+    vals = jnp.where(zero, 0.0, vals)
     # Strict: a zero operator (a saturated example, J = 0) masks every eigenvalue, not none.
     mask = vals > eps * m * jnp.abs(vals[-1])
     vecs = jnp.where(mask[None, :], vecs, 0.0)
