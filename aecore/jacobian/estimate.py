@@ -202,8 +202,11 @@ def frobenius_sq_estimate(
 
 
 def relative_error(estimates: jax.Array, se: jax.Array) -> jax.Array:
-    """Estimated relative standard error of the batch mean of `estimates` [B] (a scalar)."""
-    return jnp.sqrt(jnp.sum(se**2)) / (estimates.shape[0] * jnp.abs(jnp.mean(estimates)))
+    """Estimated relative standard error of the batch mean of `estimates` [B] (a scalar); 0
+    where every standard error is 0 (exact estimates, also of a zero penalty)."""
+    total = jnp.sqrt(jnp.sum(se**2))
+    scale = estimates.shape[0] * jnp.abs(jnp.mean(estimates))
+    return jnp.where(total == 0, 0.0, total / jnp.where(total == 0, 1.0, scale))
 
 
 # ---------------------------------------------------------------------------------------------
