@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from aecore import _checks, jacobian, losses, models, regularizers
-from aecore.regularizers import Term
+from aecore.regularizers import HIGHER_ORDER_FORMS, Term
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +35,18 @@ class Objective:
         num_probes=contractive_probes)` (Hutchinson, its default method "jvp": unbiased, one
         forward-mode product per probe and example, variance ∝ 1/contractive_probes). The
         probes draw from the term's own key; `jacobian_mode` and `chunk_size` do not apply.
+      contractive_estimator: the estimate's method when `contractive_probes` > 0: "jvp"
+        (Hutchinson, default), "vjp", "hutch++" or "xtrace" (`jacobian.ESTIMATOR_METHODS`);
+        where it has a standard error the batch's estimated relative error is logged as
+        `contractive_rel_error` beside the term (not added to the loss).
       jacobian_mode: route of the contractive terms (see `aecore.jacobian.MODES`).
       chunk_size: evaluate the Jacobians of the contractive and higher-order terms in chunks
         of this many examples (memory bound; same values).
       higher_order: γ of CAE+H's γ E‖J(x) − J(x+ε)‖²_F, with ε ~ N(0, higher_order_sigma²)
         and `higher_order_samples` Monte-Carlo draws.
+      higher_order_mode: how that expectation is computed: "monte_carlo" (the draws above),
+        "expected" (exactly, no noise; one elementwise layer only) or "hessian" (its σ → 0
+        limit σ²‖∂J/∂x‖²_F, exact for any encoder); see `regularizers.contractive_higher_order`.
       corruption: "none", "mask" (drop probability `corruption_level`) or "gaussian"
         (std `corruption_level`); the reconstruction target stays the clean input.
       extra_terms: user terms (`regularizers.Term(name, fn, weight)`), added after the built-in
@@ -58,11 +65,13 @@ class Objective:
     rho: float = 0.05
     contractive: float = 0.0
     contractive_probes: int = 0
+    contractive_estimator: str = "jvp"
     jacobian_mode: str = "auto"
     chunk_size: int | None = None
     higher_order: float = 0.0
     higher_order_sigma: float = 0.1
     higher_order_samples: int = 4
+    higher_order_mode: str = "monte_carlo"
     corruption: str = "none"
     corruption_level: float = 0.0
     extra_terms: Sequence[Term] = ()
@@ -84,6 +93,10 @@ class Objective:
             _checks.check_positive_int("chunk_size", self.chunk_size)
         _checks.check_nonnegative("higher_order_sigma", self.higher_order_sigma)
         _checks.check_positive_int("higher_order_samples", self.higher_order_samples)
+        _checks.check_choice("higher_order_mode", self.higher_order_mode, HIGHER_ORDER_FORMS)
+        _checks.check_choice(
+            "contractive_estimator", self.contractive_estimator, jacobian.ESTIMATOR_METHODS
+        )
         _checks.check_choice("corruption", self.corruption, regularizers.CORRUPTIONS)
         if self.corruption == "mask":
             _checks.check_half_open_unit("corruption_level (mask q)", self.corruption_level)
@@ -113,6 +126,7 @@ class Objective:
                     mode=self.jacobian_mode,
                     chunk_size=self.chunk_size,
                     probes=self.contractive_probes,
+                    estimator=self.contractive_estimator,
                 )
             )
         if self.higher_order > 0:
@@ -123,6 +137,7 @@ class Objective:
                     num_corruptions=self.higher_order_samples,
                     mode=self.jacobian_mode,
                     chunk_size=self.chunk_size,
+                    form=self.higher_order_mode,
                 )
             )
         return built
@@ -178,9 +193,12 @@ def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objecti
     (h, out), updates = models.apply_batch(forward, model, x_tilde, key=jax.random.fold_in(key, 0))
     terms = {"reconstruction": jnp.mean(_loss_from_output(out, x, objective.loss))}
     deterministic = models.eval_mode(model)
+    logged = {}  # logged beside the terms, not part of the loss
     for i, term in enumerate(objective.terms()):
-        terms[term.name] = term(deterministic, x, x_tilde, h, jax.random.fold_in(k_terms, i))
-    return sum(terms.values()), terms, updates
+        k = jax.random.fold_in(k_terms, i)
+        terms[term.name], logs = term.with_logs(deterministic, x, x_tilde, h, k)
+        logged.update(logs)
+    return sum(terms.values()), terms | logged, updates
 
 
 def objective_terms(

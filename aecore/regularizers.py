@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from aecore import _checks, jacobian
+from aecore.jacobian import estimate
 from aecore.models import weight_arrays
 
 # ρ̂ is clipped into [KL_EPS, 1 − KL_EPS] so that KL(ρ‖ρ̂) stays finite when a unit is always off
@@ -115,22 +116,37 @@ def contractive(
     return weight * jacobian.frobenius_sq(encode, x, mode=mode, chunk_size=chunk_size)
 
 
+HIGHER_ORDER_FORMS = ("monte_carlo", "expected", "hessian")
+
+
 def contractive_higher_order(
     encode: Callable,
     x: jax.Array,
-    key: jax.Array,
+    key: jax.Array | None,
     *,
     weight: float,
     sigma: float,
     num_corruptions: int = 4,
     mode: str = "auto",
     chunk_size: int | None = None,
+    form: str = "monte_carlo",
 ) -> jax.Array:
     """γ E_ε ‖J(x) − J(x + ε)‖²_F, ε ~ N(0, σ² I), per example (Rifai et al. 2011, CAE+H).
 
-    The expectation is a Monte-Carlo mean over `num_corruptions` draws; each ‖·‖²_F is exact.
-    This is the second-order term only: CAE+H adds it to `contractive(...)`. `mode` and
-    `chunk_size` as in `jacobian.frobenius_sq_diff`.
+    This is the second-order term only: CAE+H adds it to `contractive(...)`.
+
+    Args:
+      encode: maps one example to its code.
+      x: batch [B, *input_shape].
+      key: draws ε for form="monte_carlo" (unused by the exact forms; may be None there).
+      weight: γ >= 0.
+      sigma: σ >= 0 of the corruption.
+      num_corruptions: draws of ε for form="monte_carlo".
+      mode, chunk_size: the exact Jacobian route, as in `jacobian.frobenius_sq_diff`.
+      form: "monte_carlo" (a mean over `num_corruptions` draws, each ‖·‖²_F exact: noisy),
+        "expected" (the expectation itself, no noise: one elementwise layer only, see
+        `jacobian.frobenius_sq_diff_expected`) or "hessian" (its σ → 0 limit
+        σ²‖∂J/∂x‖²_F, exact for any encoder: `jacobian.hessian_frobenius_sq`).
 
     Returns:
       [B] penalties.
@@ -138,6 +154,14 @@ def contractive_higher_order(
     _checks.check_nonnegative("higher-order weight", weight)
     _checks.check_nonnegative("higher-order sigma", sigma)
     _checks.check_positive_int("num_corruptions", num_corruptions)
+    _checks.check_choice("higher-order form", form, HIGHER_ORDER_FORMS)
+    if form == "expected":
+        return weight * jacobian.frobenius_sq_diff_expected(
+            encode, x, sigma=sigma, chunk_size=chunk_size
+        )
+    if form == "hessian":
+        hess = jacobian.hessian_frobenius_sq(encode, x, chunk_size=chunk_size)
+        return weight * sigma**2 * hess
     eps = sigma * jax.random.normal(key, (num_corruptions, *x.shape), x.dtype)
     diffs = jax.vmap(
         lambda e: jacobian.frobenius_sq_diff(encode, x, x + e, mode=mode, chunk_size=chunk_size)
@@ -163,7 +187,9 @@ class Term:
       - `h` [B, d_z]: the codes of `x_tilde` from the training-mode forward pass;
       - `key`: a PRNG key of its own (see `Objective` for how it is derived).
     It returns per-example values [B] (averaged over the batch) or one scalar (a batch-level or
-    parameter penalty, used as is). Its value times `weight` is logged under `name`.
+    parameter penalty, used as is). Its value times `weight` is logged under `name`. It may
+    also return a pair (values, logs): `logs` maps names to scalars that are logged as
+    `{name}_{key}` beside the term and are NOT added to the loss (e.g. an estimate's error).
 
     Attributes:
       name: the metric name (unique within an objective; not one of RESERVED_NAMES).
@@ -186,7 +212,13 @@ class Term:
 
     def __call__(self, model, x, x_tilde, h, key) -> jax.Array:
         """weight * (batch mean of the per-example values, or the scalar), a scalar."""
-        values = jnp.asarray(self.fn(model, x, x_tilde, h, key))
+        return self.with_logs(model, x, x_tilde, h, key)[0]
+
+    def with_logs(self, model, x, x_tilde, h, key) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(the value `__call__` returns, the term's logged-only scalars by metric name)."""
+        out = self.fn(model, x, x_tilde, h, key)
+        values, logs = out if isinstance(out, tuple) else (out, {})
+        values = jnp.asarray(values)
         shape = values.shape
         if shape == (x.shape[0],):
             values = jnp.mean(values)
@@ -195,7 +227,7 @@ class Term:
                 f"term {self.name!r} must return per-example values of shape ({x.shape[0]},) "
                 f"or a scalar, got shape {shape}"
             )
-        return self.weight * values
+        return self.weight * values, {f"{self.name}_{k}": v for k, v in logs.items()}
 
 
 def weight_decay_term(weight: float) -> Term:
@@ -230,6 +262,7 @@ def contractive_term(
     mode: str = "auto",
     chunk_size: int | None = None,
     probes: int = 0,
+    estimator: str = "jvp",
     name: str = "contractive",
 ) -> Term:
     """Term `name`: λ ‖J_x f(x)‖²_F at the clean input, per example, exact unless `probes` > 0.
@@ -240,17 +273,28 @@ def contractive_term(
         of ONE example, e.g. `lambda m, x: m.encoder.hidden(x)`, to penalize a chosen hidden
         layer of a deep encoder.
       mode, chunk_size: the exact route, see `aecore.jacobian.frobenius_sq`.
-      probes: > 0 replaces the exact value by a Hutchinson ESTIMATE with that many probes
-        (`jacobian.frobenius_sq_estimate`, jvp), using the term's key.
+      probes: > 0 replaces the exact value by an ESTIMATE with that many probes
+        (`jacobian.frobenius_sq_estimate`), using the term's key.
+      estimator: the estimate's method (`jacobian.ESTIMATOR_METHODS`; default Hutchinson by
+        jvp). Where it has a standard error (see `estimate.degrees_of_freedom`) the batch
+        mean's estimated relative error is logged as `{name}_rel_error` (not in the loss).
       name: the metric name (use another one for a second contractive term).
     """
     _checks.check_int("contractive_probes", probes)
+    _checks.check_choice("contractive_estimator", estimator, jacobian.ESTIMATOR_METHODS)
+    with_error = probes > 0 and estimate.degrees_of_freedom(estimator, probes) > 0
 
     def fn(model, x, x_tilde, h, key):
         encode = _encoder_fn(model, layer)
-        if probes > 0:
-            return jacobian.frobenius_sq_estimate(encode, x, key, num_probes=probes)
-        return jacobian.frobenius_sq(encode, x, mode=mode, chunk_size=chunk_size)
+        if probes == 0:
+            return jacobian.frobenius_sq(encode, x, mode=mode, chunk_size=chunk_size)
+        out = jacobian.frobenius_sq_estimate(
+            encode, x, key, num_probes=probes, method=estimator, with_error=with_error
+        )
+        if not with_error:
+            return out
+        values, se = out
+        return values, {"rel_error": jax.lax.stop_gradient(estimate.relative_error(values, se))}
 
     return Term(name, fn, weight)
 
@@ -263,15 +307,14 @@ def higher_order_term(
     layer: Callable | None = None,
     mode: str = "auto",
     chunk_size: int | None = None,
+    form: str = "monte_carlo",
 ) -> Term:
-    """Term "higher_order": CAE+H's γ E_ε ‖J(x) − J(x + ε)‖²_F per example (its key draws ε)."""
+    """Term "higher_order": CAE+H's γ E_ε ‖J(x) − J(x + ε)‖²_F per example, by `form` (see
+    `contractive_higher_order`; the Monte-Carlo form's key draws ε)."""
+    _checks.check_choice("higher_order_mode", form, HIGHER_ORDER_FORMS)
     _checks.check_nonnegative("higher-order sigma", sigma)
     _checks.check_positive_int("num_corruptions", num_corruptions)
-    if mode in ("structured", "closed_form"):  # they take one batch; the difference needs two
-        raise ValueError(
-            f"the higher-order term cannot use jacobian mode {mode!r} (it takes one batch; the "
-            "difference needs two); use 'auto', 'jacrev' or 'jacfwd'"
-        )
+    _checks.check_choice("jacobian mode", mode, jacobian.MODES)  # every route takes both batches
 
     def fn(model, x, x_tilde, h, key):
         return contractive_higher_order(
@@ -283,6 +326,7 @@ def higher_order_term(
             num_corruptions=num_corruptions,
             mode=mode,
             chunk_size=chunk_size,
+            form=form,
         )
 
     return Term("higher_order", fn, weight)

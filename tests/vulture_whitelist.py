@@ -13,5 +13,3 @@ pytest_ignore_collect  # tests/conftest.py: pytest hooks
 pytest_collection_modifyitems
 standard_promotion  # tests/test_benchmarks.py: a fixture, used by name
 _.no_such_field  # tests/test_cli.py: set to show that an unknown config key raises
-# aecore/jacobian/trace.py, unused: #28 rewrites aecore/jacobian and removes it there.
-elementwise_macs

@@ -19,10 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from aecore import _checks
-from aecore.jacobian import routes, trace
+from aecore.jacobian import estimate, routes, trace
+from aecore.jacobian.estimate import ESTIMATOR_METHODS, frobenius_sq_estimate
+from aecore.jacobian.higher_order import (
+    frobenius_sq_diff,
+    frobenius_sq_diff_expected,
+    hessian_frobenius_sq,
+)
 from aecore.jacobian.routes import STRUCTURED_PRODUCTS
 
 __all__ = [
+    "ESTIMATOR_METHODS",
     "MODES",
     "STRUCTURED_PRODUCTS",
     "Explanation",
@@ -30,12 +37,13 @@ __all__ = [
     "explain",
     "frobenius_sq",
     "frobenius_sq_diff",
+    "frobenius_sq_diff_expected",
     "frobenius_sq_estimate",
+    "hessian_frobenius_sq",
     "jacobian",
 ]
 
 MODES = ("auto", "jacfwd", "jacrev", "closed_form", "structured", "peel")
-ESTIMATOR_METHODS = ("jvp", "vjp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +64,7 @@ class Explanation:
     costs: dict[str, int]
     choice: str
     fallback: str | None
+    estimates: dict = dataclasses.field(default_factory=dict)  # explain(..., num_probes=p)
 
     def __str__(self) -> str:
         lines = [f"structure: {self.structure}"]
@@ -70,6 +79,8 @@ class Explanation:
         for route, macs in sorted(self.costs.items(), key=lambda kv: kv[1]):
             mark = "  <- auto" if route == self.choice else ""
             lines.append(f"  {route:<18} {macs / 1e6:>12.2f} M multiply-adds{mark}")
+        if self.estimates:
+            lines.append(estimate.describe_reports(self.estimates))
         return "\n".join(lines)
 
 
@@ -273,25 +284,24 @@ def choose_mode(fn: Callable, x: jax.Array) -> str:
     return _Engine(fn, x).best().split("/")[0]
 
 
-def explain(fn: Callable, x: jax.Array) -> Explanation:
+def explain(fn: Callable, x: jax.Array, *, num_probes: int | None = None) -> Explanation:
     """The Jacobian structure of `fn` on the batch `x`, each exact route's cost and the choice.
 
     Args:
       fn: maps ONE example [*input_shape] to its code; any callable (nnx module, bound method,
         plain function closing over arrays, `functools.partial(linen_module.apply, params)`).
-      x: batch [B, *input_shape] (only its shape and dtype matter).
+      x: batch [B, *input_shape] (only its shape and dtype matter, unless num_probes is set).
+      num_probes: also list each estimator of `frobenius_sq_estimate` at this many probes:
+        its cost and its relative s.d., measured on the first examples of x
+        (`estimate.estimator_reports`).
 
     Returns:
       An `Explanation`; `print` it for a readable report.
     """
     _check_batch("explain", x)
     engine = _Engine(fn, x)
-    return Explanation(
-        engine.describe(),
-        dict(engine.costs),
-        engine.best(),
-        engine.reason,
-    )
+    reports = {} if num_probes is None else estimate.estimator_reports(fn, x, num_probes)
+    return Explanation(engine.describe(), dict(engine.costs), engine.best(), engine.reason, reports)
 
 
 def frobenius_sq(
@@ -318,27 +328,6 @@ def frobenius_sq(
     return _penalty(fn, (x,), mode, chunk_size)
 
 
-def frobenius_sq_diff(
-    fn: Callable,
-    x: jax.Array,
-    x_other: jax.Array,
-    *,
-    mode: str = "auto",
-    chunk_size: int | None = None,
-) -> jax.Array:
-    """Exact ‖J(x_i) − J(x'_i)‖²_F per example, J the Jacobian of `fn` (CAE+H's second term).
-
-    For a chain J(x) − J(x') = (M_x − M_x') A_0 with M the code-side product, so the closed
-    form (one layer: (g'(a) − g'(a'))² · row norms²) or the Gram/direct step applies; other
-    functions form both Jacobians by jacfwd or jacrev. Modes and chunk_size as `frobenius_sq`.
-    """
-    _checks.check_choice("mode", mode, MODES)
-    _check_batch("frobenius_sq_diff", x)
-    if x.shape != x_other.shape:
-        raise ValueError(f"x and x_other must have one shape, got {x.shape} and {x_other.shape}")
-    return _penalty(fn, (x, x_other), mode, chunk_size)
-
-
 def jacobian(fn: Callable, x: jax.Array, *, mode: str = "auto") -> jax.Array:
     """Per-example Jacobians [B, k, *input_shape] by jacfwd or jacrev (for spectra and plots)."""
     _checks.check_choice("mode", mode, ("auto", "jacfwd", "jacrev"))
@@ -349,45 +338,3 @@ def jacobian(fn: Callable, x: jax.Array, *, mode: str = "auto") -> jax.Array:
         mode = "jacrev" if d_out < d_in else "jacfwd"
     jac = jax.jacfwd(fn) if mode == "jacfwd" else jax.jacrev(fn)
     return jax.vmap(jac)(x)
-
-
-def frobenius_sq_estimate(
-    fn: Callable,
-    x: jax.Array,
-    key: jax.Array,
-    *,
-    num_probes: int = 1,
-    method: str = "jvp",
-) -> jax.Array:
-    """ESTIMATE of ‖J(x_i)‖²_F by random projections (Hutchinson): unbiased, not exact.
-
-    method="jvp": mean over probes v ~ N(0, I_d) of ‖J v‖² (one forward-mode product each);
-    method="vjp": mean over probes u ~ N(0, I_k) of ‖Jᵀ u‖² (one reverse-mode product each).
-    Both have expectation tr(JᵀJ) = ‖J‖²_F.
-
-    Args:
-      fn: maps one example to a vector.
-      x: batch [B, *input_shape].
-      key: PRNG key for the probes.
-      num_probes: probes per example; the variance falls as 1/num_probes.
-      method: "jvp" or "vjp".
-
-    Returns:
-      [B] estimates.
-    """
-    _checks.check_choice("method", method, ESTIMATOR_METHODS)
-    _checks.check_positive_int("num_probes", num_probes)
-    _check_batch("frobenius_sq_estimate", x)
-    keys = jax.random.split(key, x.shape[0])
-
-    def per_example(xi, ki):
-        if method == "jvp":
-            probes = jax.random.normal(ki, (num_probes, *xi.shape), xi.dtype)
-            jv = jax.vmap(lambda v: jax.jvp(fn, (xi,), (v,))[1])(probes)
-            return jnp.mean(jnp.sum(jv.reshape(num_probes, -1) ** 2, axis=1))
-        out, pullback = jax.vjp(fn, xi)
-        probes = jax.random.normal(ki, (num_probes, *out.shape), out.dtype)
-        jtu = jax.vmap(lambda u: pullback(u)[0])(probes)
-        return jnp.mean(jnp.sum(jtu.reshape(num_probes, -1) ** 2, axis=1))
-
-    return jax.vmap(per_example)(x, keys)
