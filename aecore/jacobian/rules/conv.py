@@ -76,7 +76,7 @@ def _kernel_cotangent(op, ct, rows, kernel):
     """Σ over rows, batch and positions of patches(ct) ⊗ rows, laid out like the kernel."""
     p = op.eqn.params
     dn = p["dimension_numbers"]
-    lhs_spec, rhs_spec, out_spec = dn
+    _, rhs_spec, out_spec = dn
     window = tuple(kernel.shape[i] for i in rhs_spec[2:])
     patches = jax.vmap(
         lambda c: lax.conv_general_dilated_patches(
