@@ -3,9 +3,9 @@ trained for the same wall-clock time, and exact CAE+H against its Monte-Carlo fo
 
 (a) Costs: one train step of each exact route, higher-order form and estimator, × a plain AE
     step, on 784→256 sigmoid and 784→256→32 encoders (medians of interleaved timings).
-(b) A CAE (λ = 0.1) with an MLP (256→32) and a conv (16, 32 channels → 32) encoder, trained with
-    the exact penalty, 1-probe Hutchinson and the estimator with the least variance × cost at
-    p = k/8 and k/4, each for the SAME wall-clock budget (steps = budget / measured step time);
+(b) A CAE (λ = 0.1) with an MLP (256→32) and a conv (16, 32 channels → 32, linear code) encoder,
+    trained with the exact penalty, 1-probe Hutchinson and the estimator with the least
+    variance × cost at p = k/8 and k/4, each for the SAME wall-clock budget (steps = budget / measured step time);
     5 seeds: final exact ‖J‖_F, test cross-entropy, linear-probe accuracy, steps reached, and
     the verdict of `aecore.stats.ordering_verdict` on ‖J‖_F (exact first). Figure: relative
     s.d. of each estimator against its cost (penalty_error_vs_cost.png).
@@ -40,9 +40,18 @@ from experiments import common
 NAME = "estimators"
 ENCODERS = {
     "mlp": dict(hidden=(256, 32), activation="sigmoid", output="sigmoid"),
-    "conv": dict(architecture="conv", conv_channels=(16, 32), hidden=(32,), output="sigmoid"),
+    # A linear code on the relu features: with a sigmoid (or tanh) code this conv AE collapses
+    # within 100 steps at any λ, 0 included (code saturated or dead; measured 2026-12-05 at
+    # lr 1e-4 to 3e-3), which made the first conv comparison uninformative.
+    "conv": dict(
+        architecture="conv",
+        conv_channels=(16, 32),
+        hidden=(32,),
+        activation="identity",
+        output="sigmoid",
+    ),
 }
-QUICK_CONV = dict(architecture="conv", conv_channels=(4, 8), hidden=(16,), output="sigmoid")
+QUICK_CONV = dict(ENCODERS["conv"], conv_channels=(4, 8), hidden=(16,))
 CONTRACTIVE = 0.1
 BATCH = 64
 BUDGET_S = 15.0  # wall-clock seconds of training per run (full mode)
