@@ -5,7 +5,8 @@ trained for the same wall-clock time, and exact CAE+H against its Monte-Carlo fo
     step, on 784→256 sigmoid and 784→256→32 encoders (medians of interleaved timings).
 (b) A CAE (λ = 0.1) with an MLP (256→32) and a conv (16, 32 channels → 32, linear code) encoder,
     trained with the exact penalty, 1-probe Hutchinson and the estimator with the least
-    variance × cost at p = k/8 and k/4, each for the SAME wall-clock budget (steps = budget / measured step time);
+    variance × cost at p = k/8 and k/4, each for the SAME wall-clock budget (steps = budget /
+    measured step time);
     5 seeds: final exact ‖J‖_F, test cross-entropy, linear-probe accuracy, steps reached, and
     the verdict of `aecore.stats.ordering_verdict` on ‖J‖_F (exact first). Figure: relative
     s.d. of each estimator against its cost (penalty_error_vs_cost.png).
