@@ -10,11 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from evaluation_checks import check_curve_and_summary
 from flax import linen as nn
 from flax import nnx
 
 import aecore
-from aecore import data, evaluate, jacobian, models, train
+from aecore import evaluate, jacobian, models, train
 
 eqx = pytest.importorskip("equinox")
 
@@ -126,20 +127,7 @@ def _check_every_evaluate(m, x, x_test):
     weight = dec.params["kernel"].T if isinstance(dec, models.LinenPart) else dec.module.weight
     np.testing.assert_allclose(basis, np.asarray(weight), rtol=1e-6)  # [D, K]
     assert evaluate.principal_angles(basis, basis).max() < 1e-6
-    curve = evaluate.contraction_curve(
-        m, x_test, radii=[0.1, 1.0], num_pairs=8, key=jax.random.key(0)
-    )
-    assert curve["ratio"].shape == (2,)
-    ds = data.Dataset(
-        name="user",
-        x_train=x,
-        x_test=x_test,
-        y_train=y,
-        y_test=y_test,
-        value_range="unit",
-        description="user data",
-    )
-    summary = evaluate.evaluate_model(m, ds, OBJ)
+    summary = check_curve_and_summary(m, x, x_test, y, y_test, OBJ)
     assert {"reconstruction_error", "mean_jacobian_norm", "linear_probe_accuracy"} <= set(summary)
 
 

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from evaluation_checks import check_curve_and_summary
 from flax import nnx
 
 import aecore
-from aecore import data, evaluate, models, regularizers, train
+from aecore import evaluate, models, regularizers, train
 
 D, K, N = 16, 4, 96
 
@@ -132,20 +133,7 @@ def test_done_when_user_model_with_dropout_trains_resumes_and_evaluates(tmp_path
     np.testing.assert_allclose(basis, np.asarray(m.decoder.fc.kernel[...]).T, rtol=1e-6)
     assert evaluate.principal_angles(basis, basis).max() < 1e-6
     assert evaluate.pca_reconstruction_error(x, x_test, K) > 0
-    curve = evaluate.contraction_curve(
-        m, x_test, radii=[0.1, 1.0], num_pairs=8, key=jax.random.key(0)
-    )
-    assert curve["ratio"].shape == (2,)
-    ds = data.Dataset(
-        name="user",
-        x_train=x,
-        x_test=x_test,
-        y_train=y,
-        y_test=y_test,
-        value_range="unit",
-        description="user data",
-    )
-    summary = evaluate.evaluate_model(m, ds, OBJ)
+    summary = check_curve_and_summary(m, x, x_test, y, y_test, OBJ)
     assert {
         "reconstruction_error",
         "mean_jacobian_norm",
