@@ -37,6 +37,7 @@ ROUTES = (
     "closed_form",
     "structured",
     "peel",
+    "blocks",
     "peeled_ref",
     "jacfwd",
     "jacrev",
@@ -191,6 +192,25 @@ class UserConvStack(nnx.Module):
         return jax.nn.sigmoid(self.out(h.reshape(-1)))
 
 
+class UserResConv(nnx.Module):
+    """conv 3×3 s2 1→16, relu, two residual blocks h + relu(conv 3×3 16→16 (h)), dense → k,
+    sigmoid (nnx layers): a small convolutional ResNet."""
+
+    def __init__(self, code: int, key: int, channels: int = 16, blocks: int = 2):
+        rngs = nnx.Rngs(key)
+        self.stem = nnx.Conv(1, channels, (3, 3), strides=2, rngs=rngs)
+        self.convs = nnx.List(
+            [nnx.Conv(channels, channels, (3, 3), rngs=rngs) for _ in range(blocks)]
+        )
+        self.out = nnx.Linear(14 * 14 * channels, code, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.stem(x))
+        for conv in self.convs:
+            h = h + jax.nn.relu(conv(h))
+        return jax.nn.sigmoid(self.out(h.reshape(-1)))
+
+
 def _jnp_conv_stack(p: dict, x: jax.Array) -> jax.Array:
     """The same conv stack with `lax.conv_general_dilated` (SAME padding, NHWC/HWIO)."""
     h = x
@@ -257,7 +277,16 @@ class UserSpec:
 
 # jacfwd costs 50-100× the other exact routes on the wide models below (explain's
 # multiply-adds): one step would take minutes, so those rows time the rest.
-_BEYOND_CHAINS = ("plain", "auto", "structured", "peel", "peeled_ref", "jacrev", "hutchinson")
+_BEYOND_CHAINS = (
+    "plain",
+    "auto",
+    "structured",
+    "peel",
+    "blocks",
+    "peeled_ref",
+    "jacrev",
+    "hutchinson",
+)
 
 _USER_ENCODERS = {
     "jnp": lambda d, hidden, key: UserJnp(d, hidden[-1], key),
@@ -266,6 +295,7 @@ _USER_ENCODERS = {
     "res-ln-jnp": lambda d, hidden, key: UserJnpResLN(d, hidden[0], hidden[-1], key),
     "conv-stack-nnx": lambda d, hidden, key: UserConvStack(hidden[-1], key),
     "conv-stack-jnp": lambda d, hidden, key: UserJnpConvStack(hidden[-1], key),
+    "res-conv-nnx": lambda d, hidden, key: UserResConv(hidden[-1], key),
 }
 
 MODELS = {
@@ -288,6 +318,9 @@ MODELS = {
     ),
     "conv-28-c32s2-c64s2-d16-jnp": UserSpec(
         (28, 28, 1), (32, 64, 16), "conv-stack-jnp", only=_BEYOND_CHAINS
+    ),
+    "res-conv-28-c16s2-r2-d16": UserSpec(
+        (28, 28, 1), (16, 16), "res-conv-nnx", only=_BEYOND_CHAINS
     ),
 }
 QUICK_MODELS = (
@@ -318,7 +351,7 @@ def applicable_routes(spec, routes: Sequence[str]) -> list[str]:
             continue  # on a one-layer chain mode="structured" runs the closed form
         if r == "torch_jacrev" and not spec.is_mlp:
             continue
-        if r == "peel" and not any(c.startswith("peel") for c in costs):
+        if r in ("peel", "blocks") and not any(c.startswith(r) for c in costs):
             continue
         if r == "peeled_ref" and not hasattr(spec.build().encoder, "first"):
             continue
@@ -568,7 +601,7 @@ def _resolved(report: jacobian.Explanation, route: str) -> tuple[str, int | None
     costs = report.costs
     if route == "auto":
         resolved = report.choice
-    elif route in ("structured", "peel"):
+    elif route in ("structured", "peel", "blocks"):
         named = {r: c for r, c in costs.items() if r.startswith(route)}
         resolved = min(named, key=named.get) if named else "closed_form"
     else:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 
 # Engine routes that compute the exact penalty (auto is one of them; peeled_ref is hand-written).
-EXACT_ENGINE_ROUTES = ("auto", "closed_form", "structured", "peel", "jacfwd", "jacrev")
+EXACT_ENGINE_ROUTES = ("auto", "closed_form", "structured", "peel", "blocks", "jacfwd", "jacrev")
 
 
 def add_route_order(records: list[dict]) -> dict | None:

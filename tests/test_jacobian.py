@@ -144,7 +144,8 @@ def test_auto_picks_reverse_for_narrow_codes_and_forward_for_wide():
     narrow = lambda x: jnp.tanh(x[:3] * x[3:6])  # noqa: E731 - x on two branches: not a chain
     wide = lambda x: jnp.tanh(jnp.concatenate([x, x, x]))  # noqa: E731
     x = jnp.ones((2, 10))
-    assert jacobian.choose_mode(narrow, x) == "jacrev"
+    # Reverse mode: whole-function, or part by part (a vjp of the product, then tanh's diagonal).
+    assert jacobian.choose_mode(narrow, x) in ("jacrev", "blocks")
     assert jacobian.choose_mode(wide, x) == "jacfwd"
     one = make_autoencoder((10,), hidden=(4,), key=0)
     deep = make_autoencoder((10,), hidden=(6, 4), key=0)

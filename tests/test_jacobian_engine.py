@@ -179,8 +179,9 @@ def test_random_chain_breakers_fall_back_and_stay_exact(x64, chain, breaker, tai
     peels = [r for r in report.costs if r.startswith("peel")]
     first = next((p[0] for p in chain[0] if p[0] != "reshape"), None)
     assert bool(peels) == (first in ("conv", "dense")), report
-    for mode in ("auto", *peels):
-        grads = mode.startswith("peel") or report.choice.startswith("peel")
+    parts = [r for r in report.costs if r.startswith("blocks")]
+    for mode in ("auto", *peels, *parts):
+        grads = mode != "auto" or report.choice.startswith(("peel", "blocks"))
         _assert_exact(lambda p: functools.partial(fn, p), params, x, mode=mode, gradients=grads)
 
 
@@ -404,6 +405,13 @@ def test_forcing_a_structured_route_on_a_non_chain_names_the_primitive_and_line(
         assert "\n" not in str(err.value)
 
 
+def test_forcing_peel_or_blocks_on_a_chain_says_what_it_needs_in_one_line():
+    x = jnp.ones((2, 5))
+    for mode in ("peel", "blocks"):
+        with pytest.raises(ValueError, match=rf"^mode '{mode}' needs a function that is not a"):
+            jacobian.frobenius_sq(jnp.tanh, x, mode=mode)
+
+
 def _shape_op_encoders():
     k = _randn(0, (3, 3, 1, 4), jnp.float64) / 3
     kg = _randn(1, (3, 3, 2, 4), jnp.float64) / 3
@@ -537,9 +545,95 @@ def test_residual_layer_norm_encoders_take_the_peel_and_stay_exact(x64, kind):
     with jax.numpy_dtype_promotion("standard"):
         report = jacobian.explain(make(params), x)
         assert report.structure.startswith("dense 12→6 | "), report
-        assert report.choice.startswith("peel"), report
-        for mode in ("auto", "peel"):
+        assert report.choice == "blocks/gram", report
+        norm = "centre (vjp) · rms_norm (vjp) · linear" if kind == "jnp" else "layer_norm (vjp)"
+        assert f"dense 12→6 (Gram) · residual[{norm}" in report.blocks, report
+        for mode in ("auto", "peel", "blocks", "blocks/direct"):
             _assert_exact(make, params, x, mode=mode)
+
+
+class _NnxResConv(nnx.Module):
+    """A small convolutional ResNet: strided stem, a residual conv block, a dense code."""
+
+    def __init__(self, dtype):
+        rngs = nnx.Rngs(1)
+        conv = functools.partial(nnx.Conv, kernel_size=(3, 3), rngs=rngs, param_dtype=dtype)
+        self.stem = conv(1, 3, strides=2)
+        self.block = conv(3, 3)
+        self.out = nnx.Linear(4 * 4 * 3, 3, rngs=rngs, param_dtype=dtype)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.stem(x))
+        h = h + jnp.tanh(self.block(h))
+        return jax.nn.sigmoid(self.out(h.reshape(-1)))
+
+
+def test_conv_residual_encoder_is_pulled_back_block_by_block_and_stays_exact(x64):
+    model = _NnxResConv(jnp.float64)
+    graphdef, params = nnx.split(model)
+    x = _randn(7, (3, 8, 8, 1), jnp.float64)
+    report = jacobian.explain(model, x)
+    assert report.choice.startswith("blocks"), report
+    assert "residual[conv 4x4x3→4x4x3 (pull) · tanh (diagonal)]" in report.blocks, report
+    for mode in ("auto", "blocks/direct", "blocks/gram", "peel"):
+        _assert_exact(lambda p: nnx.merge(graphdef, p), params, x, mode=mode)
+
+
+def test_a_part_no_rule_covers_falls_back_for_that_part_alone(x64):
+    w = {k: _randn(i, (6, 6), jnp.float64) / 2 for i, k in enumerate("abc")}
+
+    def make(p):
+        def enc(v):
+            h = jnp.tanh(v @ p["a"])
+            h = h + jnp.tanh(jnp.cumsum(h @ p["b"]))  # cumsum: no rule covers it
+            return jnp.tanh(h @ p["c"])
+
+        return enc
+
+    x = _randn(8, (4, 6), jnp.float64)
+    report = jacobian.explain(make(w), x)
+    assert "residual[dense 6→6 (pull) · block[cumsum] (vjp) · tanh (diagonal)]" in report.blocks
+    assert "dense 6→6 (matrix) · tanh (diagonal)" in report.blocks, report
+    for mode in ("auto", "blocks/direct", "blocks/gram"):
+        _assert_exact(make, w, x, mode=mode)
+
+
+def _ln(h):
+    c = h - jnp.mean(h)
+    return c / jnp.sqrt(jnp.mean(c * c) + 1e-5)
+
+
+def test_block_routes_on_awkward_functions_stay_exact_or_step_aside(x64):
+    """An output that is a second result of its equation, an integer value between parts, a
+    part that changes the dtype, an output that ignores x: every route `auto` may take."""
+    w = _randn(1, (5, 6), jnp.float64)
+    cases = {
+        "second output": lambda v: jnp.split(_ln(w @ v), [2])[1],
+        "integer between parts": lambda v: (
+            w.T @ _ln(jnp.round(_ln(w @ v)).astype(int).astype(v.dtype) + 0.5)
+        ),
+        "dtype change": lambda v: (
+            w.T
+            @ (lambda h: h.astype(jnp.float64) * jnp.tanh(h).astype(jnp.float64))(
+                _ln(w.astype(jnp.float32) @ v.astype(jnp.float32))
+            )
+        ),
+        "ignores x": lambda v: jnp.ones(3),
+    }
+    x = _randn(2, (3, 6), jnp.float64)
+    for name, fn in cases.items():
+        costs = jacobian.explain(fn, x).costs
+        expected = _reference(fn, x)
+        rtol = 1e-5 if name == "dtype change" else 1e-10
+        for route in ("auto", *[r for r in costs if r.startswith(("blocks", "peel"))]):
+            got = (
+                jacobian.frobenius_sq_route(fn, x, route)
+                if "/" in route
+                else jacobian.frobenius_sq(fn, x)
+            )
+            np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-12, err_msg=name)
+    assert "blocks/direct" in jacobian.explain(cases["second output"], x).costs
+    assert not any(r.startswith("blocks") for r in jacobian.explain(cases["ignores x"], x).costs)
 
 
 def test_conv_pullback_in_other_layouts_with_dilation_and_asymmetric_padding(x64):
@@ -585,12 +679,13 @@ def test_frobenius_sq_diff_through_the_peel_matches_explicit_jacobians(x64):
 
     x = _randn(3, (4, 12), jnp.float64)
     x2 = x + 0.1 * _randn(4, x.shape, jnp.float64)
-    assert jacobian.explain(enc, x).choice.startswith("peel")
+    assert jacobian.explain(enc, x).choice.startswith(("peel", "blocks"))
     ja, jb = jax.jit(lambda a, b: (jacobian.jacobian(enc, a), jacobian.jacobian(enc, b)))(x, x2)
     expected = np.sum((np.asarray(ja) - np.asarray(jb)).reshape(4, -1) ** 2, axis=1)
-    got = jax.jit(
-        lambda a, b: [jacobian.frobenius_sq_diff(enc, a, b, mode=m) for m in ("auto", "peel")]
-    )(x, x2)
+    modes = ("auto", "peel", "blocks")
+    got = jax.jit(lambda a, b: [jacobian.frobenius_sq_diff(enc, a, b, mode=m) for m in modes])(
+        x, x2
+    )
     for value in got:
         np.testing.assert_allclose(value, expected, rtol=1e-10)
     chunked = jax.jit(lambda a, b: jacobian.frobenius_sq_diff(enc, a, b, chunk_size=3))(x, x2)

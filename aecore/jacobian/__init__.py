@@ -5,7 +5,8 @@ by a registry of primitive rules (`aecore.jacobian.rules`) as a chain of affine 
 elementwise segments, or as a leading affine map A_0 followed by anything
 (`aecore.jacobian.trace`); the cheapest exact route by multiply-adds runs
 (`aecore.jacobian.routes`): structured for a chain, the input-side peel ‖J_rest A_0‖² with
-A_0's Gram matrix once per batch, or whole-function autodiff.
+A_0's Gram matrix once per batch, the block-wise pullback part by part
+(`aecore.jacobian.blocks`), or whole-function autodiff.
 Clearly named random-projection *estimates* live here too. `explain` says what was found.
 """
 
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aecore import _checks
-from aecore.jacobian import estimate, routes, trace
+from aecore.jacobian import blocks, estimate, routes, rules, trace
 from aecore.jacobian.estimate import ESTIMATOR_METHODS, frobenius_sq_estimate
 from aecore.jacobian.higher_order import (
     frobenius_sq_diff,
@@ -43,7 +44,7 @@ __all__ = [
     "jacobian",
 ]
 
-MODES = ("auto", "jacfwd", "jacrev", "closed_form", "structured", "peel")
+MODES = ("auto", "jacfwd", "jacrev", "closed_form", "structured", "peel", "blocks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +59,18 @@ class Explanation:
       choice: the route `mode="auto"` runs.
       fallback: for a function that is not a chain, the primitive and source line that stopped
         the chain analysis; None for a chain.
+      estimates: with `num_probes`, each estimator's cost and relative s.d.
+      blocks: for a function that is not a chain, the block-wise route's parts and how each is
+        pulled back, e.g. "residual[layer_norm (vjp) · dense 512→512 (pull) · gelu
+        (diagonal)]" (`aecore.jacobian.blocks`); None for a chain.
     """
 
     structure: str
     costs: dict[str, int]
     choice: str
     fallback: str | None
-    estimates: dict = dataclasses.field(default_factory=dict)  # explain(..., num_probes=p)
+    estimates: dict = dataclasses.field(default_factory=dict)
+    blocks: str | None = None
 
     def __str__(self) -> str:
         lines = [f"structure: {self.structure}"]
@@ -76,6 +82,8 @@ class Explanation:
             lines.append(
                 f"peel:      {first} by its Gram matrix once per batch, {mode} of the rest"
             )
+        if self.blocks:
+            lines.append(f"blocks:    {self.blocks}")
         for route, macs in sorted(self.costs.items(), key=lambda kv: kv[1]):
             mark = "  <- auto" if route == self.choice else ""
             lines.append(f"  {route:<18} {macs / 1e6:>12.2f} M multiply-adds{mark}")
@@ -103,14 +111,21 @@ class _Engine:
 
     def __init__(self, fn: Callable, x: jax.Array):
         self.program = trace.trace(fn, x[0])
-        self.peel = None
+        self.peel, self.parts = None, []
         try:
             self.chain = trace.analyse(self.program)
             self.reason = None
         except trace.NotAChain as e:
             self.chain, self.reason = None, str(e)
             self.peel = trace.peel(self.program)
-        self.costs = routes.route_costs(self.program, self.chain, self.peel, x.shape[0])
+            self.parts = blocks.parts_of(self.program)
+        costs = routes.route_costs(self.program, self.chain, self.peel, x.shape[0])
+        if self.parts:  # listed before the peel, which wins a tie (`routes.choose`)
+            forward = max(sum(rules.macs(op) for op in self.program.ops), 1)
+            parts = blocks.route_costs(self.parts, self.program.avals, x.shape[0], forward)
+            auto = {r: costs.pop(r) for r in ("jacrev", "jacfwd")}
+            costs = auto | parts | costs
+        self.costs = costs
 
     def best(self, allowed=None) -> str:
         return routes.choose(self.costs, allowed)
@@ -120,22 +135,37 @@ class _Engine:
             return self.chain.describe()
         if self.peel is not None:
             return self.peel.describe()
-        lv = trace.live(self.program)
-        return trace.describe_ops(lv.ops, 0)
+        try:
+            return trace.describe_ops(trace.live(self.program).ops, 0)
+        except trace.NotAChain as e:  # an output that ignores x
+            return str(e)
+
+    def describe_blocks(self) -> str | None:
+        """Each part of a non-chain and how the chosen (else cheapest) block route pulls it."""
+        names = [r for r in self.costs if r.startswith("blocks")]
+        if not names:
+            return None
+        route = self.best() if self.best() in names else self.best(names)
+        first = "Gram" if route == "blocks/gram" else None
+        return f"{route}: {blocks.describe(self.parts, first, 'matrix')}"
 
     def route_for(self, mode: str, fn_name: str) -> str:
         if mode == "auto":
             return self.best()
         if mode in ("jacfwd", "jacrev"):
             return mode
-        if mode == "peel":
-            peels = [r for r in self.costs if r.startswith("peel")]
-            if not peels:
+        needs = {
+            "blocks": "is not a chain and has parts a rule covers",
+            "peel": "is not a chain and first applies an affine map to x",
+        }
+        if mode in needs:
+            names = [r for r in self.costs if r.startswith(mode)]
+            if not names:
                 raise ValueError(
-                    f"mode 'peel' needs a function that is not a chain and first applies an "
-                    f"affine map to x, {fn_name} is `{self.describe()}`; use mode='auto'"
+                    f"mode {mode!r} needs a function that {needs[mode]}, {fn_name} is "
+                    f"`{self.describe()}`; use mode='auto'"
                 )
-            return self.best(peels)
+            return self.best(names)
         if self.chain is None:
             raise ValueError(
                 f"mode {mode!r} needs a chain of affine maps and elementwise functions, but "
@@ -222,7 +252,7 @@ def _peel_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None
     n1 = int(np.prod(peel.first.out_shape))
 
     def rest(a):
-        return trace.run(peel.rest, ctx.env, peel.first.dst, a).reshape(-1)
+        return trace.run(peel.rest, ctx.env, peel.first.dst, a, dst=program.out).reshape(-1)
 
     jac = jax.jacfwd(rest) if route == "peel/jacfwd" else jax.jacrev(rest)
 
@@ -231,7 +261,30 @@ def _peel_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None
 
     def batch_fn(*xb):
         ms = [jax.vmap(m_of)(v) for v in xb]
-        return routes.sym_quad(ms[0] if len(ms) == 1 else ms[0] - ms[1], g)
+        m = ms[0] if len(ms) == 1 else ms[0] - ms[1]
+        return routes.sym_quad(m, g.astype(m.dtype))  # the rest may change the dtype
+
+    return _batched(batch_fn, xs, chunk_size)
+
+
+def _blocks_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None):
+    """M pulled back part by part (`blocks`); ‖M‖² at x, or ‖M A_0‖² by A_0's Gram matrix."""
+    program, parts = engine.program, engine.parts
+    ctx = routes.Context(None, trace.const_env(program), program.avals)
+    gram = route == "blocks/gram"
+    body = parts[1:] if gram else parts
+    start = blocks.per_batch_start(ctx, body)
+    g = routes.gram_of(ctx, parts[0].block(program.avals)) if gram else None
+
+    def m_of(xi):  # [k, n]
+        v = trace.run(parts[0].ops, ctx.env, 0, xi) if gram else xi
+        m = blocks.rows_of(ctx, body, ctx.env, v, start)
+        return m.reshape(m.shape[0], -1)
+
+    def batch_fn(*xb):
+        ms = [jax.vmap(m_of)(v) for v in xb]
+        m = ms[0] if len(ms) == 1 else ms[0] - ms[1]
+        return routes.sym_quad(m, g.astype(m.dtype)) if gram else jnp.einsum("bkn,bkn->b", m, m)
 
     return _batched(batch_fn, xs, chunk_size)
 
@@ -241,6 +294,8 @@ def _run_route(fn, engine: _Engine, route: str, xs: tuple, chunk_size: int | Non
         return _autodiff_penalty(fn, route, xs, chunk_size)
     if route.startswith("peel"):
         return _peel_penalty(engine, route, xs, chunk_size)
+    if route.startswith("blocks"):
+        return _blocks_penalty(engine, route, xs, chunk_size)
     return _chain_penalty(engine, route, xs, chunk_size)
 
 
@@ -255,6 +310,8 @@ ROUTES = (
     "structured/direct",
     "peel/jacrev",
     "peel/jacfwd",
+    "blocks/gram",
+    "blocks/direct",
     "jacrev",
     "jacfwd",
 )
@@ -278,8 +335,8 @@ def frobenius_sq_route(
 
 
 def choose_mode(fn: Callable, x: jax.Array) -> str:
-    """The mode `auto` runs for `fn` on the batch `x`: "closed_form", "structured", "jacrev" or
-    "jacfwd" (see `explain` for the structure found and every route's cost)."""
+    """The mode `auto` runs for `fn` on the batch `x`: "closed_form", "structured", "peel",
+    "blocks", "jacrev" or "jacfwd" (see `explain` for the structure and every route's cost)."""
     _check_batch("choose_mode", x)
     return _Engine(fn, x).best().split("/")[0]
 
@@ -301,7 +358,14 @@ def explain(fn: Callable, x: jax.Array, *, num_probes: int | None = None) -> Exp
     _check_batch("explain", x)
     engine = _Engine(fn, x)
     reports = {} if num_probes is None else estimate.estimator_reports(fn, x, num_probes)
-    return Explanation(engine.describe(), dict(engine.costs), engine.best(), engine.reason, reports)
+    return Explanation(
+        engine.describe(),
+        dict(engine.costs),
+        engine.best(),
+        engine.reason,
+        reports,
+        engine.describe_blocks(),
+    )
 
 
 def frobenius_sq(
@@ -315,8 +379,10 @@ def frobenius_sq(
         functions gets the structured routes, whatever class or library wrote it.
       x: batch [B, *input_shape].
       mode: "auto" (cheapest exact route by multiply-adds, see `explain`), "jacfwd", "jacrev",
-        "closed_form" (one linear map then one elementwise segment) or "structured" (any
-        chain: code-side product with the Gram matrix of the first map, or directly).
+        "closed_form" (one linear map then one elementwise segment), "structured" (any
+        chain: code-side product with the Gram matrix of the first map, or directly), "peel"
+        (not a chain, x first through an affine map A_0: autodiff of the rest, A_0's Gram) or
+        "blocks" (not a chain: the rows pulled back part by part, `aecore.jacobian.blocks`).
       chunk_size: evaluate the batch in chunks of this many examples (`jax.lax.map`), so the
         per-example Jacobian factors never have to fit in memory at once. None: all at once.
 

@@ -74,7 +74,7 @@ def _size(shape) -> int:
     return int(np.prod(shape))
 
 
-def _matrix_cost(block: Block) -> int:
+def matrix_cost(block: Block) -> int:
     """Materialising a block's [n_out, n_in] matrix: free for x·W, else one map per basis vector."""
     if block.isometric or trace.has_dense_matrix(block):
         return 0
@@ -104,7 +104,7 @@ def _peel_costs(peel: trace.Peel, batch: int, k: int) -> dict[str, int]:
     n1, d = _size(first.out_shape), _size(first.in_shape)
     rest = max(sum(rules.macs(op) for op in peel.rest), 1)
     shared = batch * (trace.linear_macs(first) + rest + k * n1 * n1)
-    shared += _matrix_cost(first) + d * n1 * n1
+    shared += matrix_cost(first) + d * n1 * n1
     return {"peel/jacrev": shared + batch * k * rest, "peel/jacfwd": shared + batch * n1 * rest}
 
 
@@ -113,16 +113,16 @@ def _chain_costs(chain: Chain, batch: int, k: int, forward: int) -> dict[str, in
     first = lin[0]
     rn_cost = trace.linear_macs(first)
     if not trace.row_norms_propagate(first, chain.program.avals):
-        rn_cost += _matrix_cost(first) + _size(first.in_shape) * _size(first.out_shape)
+        rn_cost += matrix_cost(first) + _size(first.in_shape) * _size(first.out_shape)
     if not segs or (len(segs) == 1 and lin[-1].isometric):
         return {"closed_form": batch * forward + rn_cost}
     n_l = len(segs)
     if lin[-1].isometric:
         prev = lin[n_l - 1]
-        chain_cost = _matrix_cost(prev) + batch * k * _size(prev.in_shape)
+        chain_cost = matrix_cost(prev) + batch * k * _size(prev.in_shape)
         pulled = range(1, n_l - 1)
     else:
-        chain_cost = _matrix_cost(lin[-1]) + batch * k * _size(lin[-1].in_shape)
+        chain_cost = matrix_cost(lin[-1]) + batch * k * _size(lin[-1].in_shape)
         pulled = range(1, n_l)
     chain_cost += sum(batch * k * trace.linear_macs(lin[i]) for i in pulled)
     base = batch * forward + chain_cost
@@ -132,14 +132,14 @@ def _chain_costs(chain: Chain, batch: int, k: int, forward: int) -> dict[str, in
     return {
         "structured/direct": base + batch * k * trace.linear_macs(first),
         "structured/gram": (
-            base + batch * k * s1 * s1 + _matrix_cost(first) + _size(first.in_shape) * s1 * s1
+            base + batch * k * s1 * s1 + matrix_cost(first) + _size(first.in_shape) * s1 * s1
         ),
     }
 
 
 def choose(costs: dict[str, int], allowed=None) -> str:
     """The cheapest route of `costs` (restricted to `allowed`); ties go to the structured and
-    peel routes (listed last), then to jacrev.
+    peel routes (listed last), then to the block routes, then to jacrev.
 
     Rows pulled back through a convolution by the conv rule's own gradient run at about
     jacrev's throughput (benchmarks, conv-28-c32s2-c64s2-d16), so multiply-adds compare fairly.

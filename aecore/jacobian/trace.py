@@ -304,7 +304,7 @@ def _op_label(op: Op) -> str | None:
     return elementwise.label(op)
 
 
-def _cuts(ops: list[Op], start: int) -> list[int]:
+def cuts(ops: list[Op], start: int) -> list[int]:
     """Indices j after which the only x-dependent value still needed is ops[j]'s output."""
     last_use: dict[int, int] = {}
     for j, op in enumerate(ops):
@@ -318,7 +318,7 @@ def _cuts(ops: list[Op], start: int) -> list[int]:
     return cuts
 
 
-def _labels(ops: list[Op]) -> str:
+def labels_of(ops: list[Op]) -> str:
     labels: list[str] = []
     for op in ops:
         label = _op_label(op)
@@ -327,22 +327,24 @@ def _labels(ops: list[Op]) -> str:
     return " · ".join(labels)
 
 
-def _describe_part(ops: list[Op], start: int) -> str:
+def describe_part(ops: list[Op], start: int) -> str:
     """A part between two cuts that branches: named by how its branches meet (residual,
     gating, concat) or by what it computes (a normalisation)."""
     names = {op.name for op in ops}
     reductions = sum(op.name == "reduce_sum" for op in ops)
+    last, inner = ops[-1], ops[:-1]
+    dep_ins = [last.ins[i] for i in last.dep]
+    skip = last.name in ("add", "add_any", "sub") and start in dep_ins and len(dep_ins) == 2
+    if skip and reductions and all(rules.is_linear(op) for op in inner):
+        return "centre"  # h − mean(h), the first half of a LayerNorm written out
+    if skip:
+        return f"residual[{describe_ops(inner, start, ' · ') if inner else 'identity'}]"
     if reductions and not names & {"dot_general", "conv_general_dilated"}:
         if not names & {"rsqrt", "sqrt", "pow"}:
-            return "centre"  # h − mean(h), the first half of a LayerNorm written out
+            return "centre"
         return "layer_norm" if reductions >= 2 else "rms_norm"
-    last = ops[-1]
-    dep_ins = [last.ins[i] for i in last.dep]
-    if last.name in ("add", "add_any", "sub") and start in dep_ins and len(dep_ins) == 2:
-        inner = ops[:-1]
-        return f"residual[{describe_ops(inner, start, ' · ') if inner else 'identity'}]"
     kind = {"mul": "gating", "concatenate": "concat"}.get(last.name, "block")
-    return f"{kind}[{_labels(ops)}]"
+    return f"{kind}[{labels_of(ops)}]"
 
 
 def describe_ops(ops: list[Op], start: int, sep: str = " | ") -> str:
@@ -351,26 +353,26 @@ def describe_ops(ops: list[Op], start: int, sep: str = " | ") -> str:
     equations with one x-dependent operand are paths, the rest parts between cuts."""
     parts: list[list] = []  # ["path", labels] or [name]
     begin, src = 0, start
-    for j in [*_cuts(ops, start), len(ops) - 1]:
+    for j in [*cuts(ops, start), len(ops) - 1]:
         if j < begin:
             continue
         part = ops[begin : j + 1]
         shape = tuple(getattr(program_aval(part[0], src), "shape", ()))
         if all(len(op.dep) == 1 for op in part):
-            labels = [_labels(part)] if _labels(part) else []
+            labels = [labels_of(part)] if labels_of(part) else []
         elif all(elementwise.is_elementwise(op, shape) for op in part):  # gelu, swish
             labels = ["+".join(dict.fromkeys(elementwise.label(op) for op in part))]
         else:
             labels = None
         if labels is None:
-            parts.append([_describe_part(part, src)])
+            parts.append([describe_part(part, src)])
         elif parts and parts[-1][0] == "path":
             parts[-1][1].extend(labels)
         else:
             parts.append(["path", labels])
         begin, src = j + 1, ops[j].outs[0]
     return sep.join(
-        _merge([" · ".join(p[1]) or "reshape" if p[0] == "path" else p[0] for p in parts])
+        merge_repeats([" · ".join(p[1]) or "reshape" if p[0] == "path" else p[0] for p in parts])
     )
 
 
@@ -379,7 +381,7 @@ def program_aval(op: Op, value: int):
     return next(v.aval for v, i in zip(op.eqn.invars, op.ins, strict=True) if i == value)
 
 
-def _merge(names: list[str]) -> list[str]:
+def merge_repeats(names: list[str]) -> list[str]:
     """A written-out LayerNorm (centre, then rms_norm) as one name; repeated blocks as ×n."""
     merged: list[list] = []
     for name in names:
@@ -424,8 +426,9 @@ def const_env(program: Program) -> dict[int, object]:
     return env
 
 
-def run(ops: list[Op], env: dict, src: int, value, *, linear_part: bool = False):
-    """Evaluates a block's equations from `value` at `src`; returns the block's last output.
+def run(ops: list[Op], env: dict, src: int, value, *, linear_part: bool = False, dst=None):
+    """Evaluates a block's equations from `value` at `src`; returns the value `dst` (default:
+    the last equation's first output).
 
     linear_part=True drops the affine offsets (biases, constant padding and concatenated
     constants), giving the linear map A with A(v) = block(v) − block(0).
@@ -447,7 +450,7 @@ def run(ops: list[Op], env: dict, src: int, value, *, linear_part: bool = False)
         for o, val in zip(op.outs, outs, strict=True):
             local[o] = val
         last = outs[0]
-    return last
+    return last if dst is None else local[dst]
 
 
 def _dense_op(block: Block) -> Op | None:

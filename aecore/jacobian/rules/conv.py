@@ -25,8 +25,8 @@ class Conv(Rule):
         p = op.eqn.params
         if any(s != 1 for s in p["lhs_dilation"]) or p["feature_group_count"] != 1:
             return None
-        if p["batch_group_count"] != 1:
-            return None
+        if p["batch_group_count"] != 1 or all(s == 1 for s in p["window_strides"]):
+            return None  # unstrided: XLA differentiates its transposed convolution well
         return _pull(op, rows, vals[1])
 
     def macs(self, op) -> int:
