@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aecore import _checks
-from aecore.jacobian import blocks, estimate, routes, rules, trace
+from aecore.jacobian import blocks, estimate, routes, trace
 from aecore.jacobian.estimate import ESTIMATOR_METHODS, frobenius_sq_estimate
 from aecore.jacobian.higher_order import (
     frobenius_sq_diff,
@@ -119,13 +119,10 @@ class _Engine:
             self.chain, self.reason = None, str(e)
             self.peel = trace.peel(self.program)
             self.parts = blocks.parts_of(self.program)
-        costs = routes.route_costs(self.program, self.chain, self.peel, x.shape[0])
-        if self.parts:  # listed before the peel, which wins a tie (`routes.choose`)
-            forward = max(sum(rules.macs(op) for op in self.program.ops), 1)
-            parts = blocks.route_costs(self.parts, self.program.avals, x.shape[0], forward)
-            auto = {r: costs.pop(r) for r in ("jacrev", "jacfwd")}
-            costs = auto | parts | costs
-        self.costs = costs
+        block_costs = blocks.route_costs(self.parts, self.program, x.shape[0])
+        self.costs = routes.route_costs(
+            self.program, self.chain, self.peel, x.shape[0], block_costs
+        )
 
     def best(self, allowed=None) -> str:
         return routes.choose(self.costs, allowed)
@@ -145,7 +142,8 @@ class _Engine:
         names = [r for r in self.costs if r.startswith("blocks")]
         if not names:
             return None
-        route = self.best() if self.best() in names else self.best(names)
+        route = self.best()
+        route = route if route in names else self.best(names)
         first = "Gram" if route == "blocks/gram" else None
         return f"{route}: {blocks.describe(self.parts, first, 'matrix')}"
 
@@ -259,12 +257,7 @@ def _peel_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None
     def m_of(xi):  # [k, n_1]
         return jac(trace.run(peel.first.ops, ctx.env, 0, xi)).reshape(-1, n1)
 
-    def batch_fn(*xb):
-        ms = [jax.vmap(m_of)(v) for v in xb]
-        m = ms[0] if len(ms) == 1 else ms[0] - ms[1]
-        return routes.sym_quad(m, g.astype(m.dtype))  # the rest may change the dtype
-
-    return _batched(batch_fn, xs, chunk_size)
+    return _rows_penalty(m_of, g, xs, chunk_size)
 
 
 def _blocks_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None):
@@ -281,10 +274,19 @@ def _blocks_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | No
         m = blocks.rows_of(ctx, body, ctx.env, v, start)
         return m.reshape(m.shape[0], -1)
 
+    return _rows_penalty(m_of, g, xs, chunk_size)
+
+
+def _rows_penalty(m_of: Callable, g, xs: tuple, chunk_size: int | None) -> jax.Array:
+    """Σ (M G) ⊙ M with the Gram matrix G of the first map (‖M‖² if G is None) for
+    M = m_of(x_i) [k, n]; for two batches M = M_x − M_x'."""
+
     def batch_fn(*xb):
         ms = [jax.vmap(m_of)(v) for v in xb]
         m = ms[0] if len(ms) == 1 else ms[0] - ms[1]
-        return routes.sym_quad(m, g.astype(m.dtype)) if gram else jnp.einsum("bkn,bkn->b", m, m)
+        if g is None:
+            return jnp.einsum("bkn,bkn->b", m, m)
+        return routes.sym_quad(m, g.astype(m.dtype))  # the rows may change the dtype
 
     return _batched(batch_fn, xs, chunk_size)
 

@@ -89,12 +89,9 @@ def split(ops: list[Op], start: int, avals, end: int | None = None) -> list[Part
     the last equation's first output), in order; runs of affine equations and of elementwise
     segments merged into one part each."""
     parts: list[Part] = []
-    begin, src = 0, start
-    for j in [*trace.cuts(ops, start), len(ops) - 1]:
-        if j < begin:
-            continue
-        dst = end if j == len(ops) - 1 and end is not None else ops[j].outs[0]
-        part = _part(ops[begin : j + 1], src, dst, avals)
+    for chunk, src in trace.between_cuts(ops, start):
+        dst = end if chunk[-1] is ops[-1] and end is not None else chunk[-1].outs[0]
+        part = _part(chunk, src, dst, avals)
         prev = parts[-1] if parts else None
         if prev is not None and prev.kind == part.kind and part.kind in ("linear", "elementwise"):
             names = [n for n in (prev.name, part.name) if n]
@@ -102,7 +99,6 @@ def split(ops: list[Op], start: int, avals, end: int | None = None) -> list[Part
             parts[-1] = Part(part.kind, prev.ops + part.ops, prev.src, part.dst, sep.join(names))
         else:
             parts.append(part)
-        begin, src = j + 1, part.dst
     for p in parts:
         if p.kind == "linear" and not p.name:
             p.name = "reshape" if p.block(avals).isometric else "linear"
@@ -135,12 +131,11 @@ def parts_of(program: trace.Program) -> list[Part]:
 def describe(parts: list[Part], first_how: str | None = None, last_how: str | None = None):
     """Each part and how its rows are pulled back, e.g. "dense 3072→512 (Gram) ·
     residual[layer_norm (vjp) · dense 512→512 (pull) · gelu (diagonal)] ×2 · ..."."""
+    matrix = _tail_matrix(parts)
     names = []
     for i, p in enumerate(parts):
         how = first_how if i == 0 else None
-        if i == len(parts) - 1 or (i == len(parts) - 2 and parts[-1].kind == "elementwise"):
-            how = how or (last_how if p.kind == "linear" else None)
-        names.append(p.describe(how))
+        names.append(p.describe(how or (last_how if p is matrix else None)))
     return " · ".join(trace.merge_repeats(names))
 
 
@@ -151,13 +146,11 @@ def describe(parts: list[Part], first_how: str | None = None, last_how: str | No
 def pull_macs(parts: list[Part]) -> int:
     total = 0
     for p in parts:
-        if p.kind == "linear":
-            total += sum(rules.macs(op) for op in p.ops)
-        elif p.kind == "residual":
+        if p.kind == "residual":
             total += pull_macs(p.inner) + rules.macs(p.ops[-1])
         elif p.kind == "elementwise":  # one multiply by the diagonal per entry
             total += rules.macs(p.ops[-1])
-        else:
+        else:  # an affine run or a vjp: about one evaluation of its equations per row
             total += sum(rules.macs(op) for op in p.ops)
     return total
 
@@ -173,17 +166,23 @@ def _tail(parts: list[Part]) -> int:
     return n
 
 
-def route_costs(parts: list[Part], avals, batch: int, forward: int) -> dict[str, int]:
-    """Multiply-adds per batch of blocks/direct and (when the function starts with an affine
-    map) blocks/gram."""
-    out = avals[parts[-1].dst]
-    k = int(np.prod(out.shape))
+def _tail_matrix(parts: list[Part]) -> Part | None:
+    """The affine run nearest the code, whose matrix is formed once per batch, or None."""
     tail = _tail(parts)
-    start = 0
-    if tail and parts[len(parts) - tail].kind == "linear":
-        lin = parts[len(parts) - tail].block(avals)
-        start = routes.matrix_cost(lin)
-    body = parts[: len(parts) - tail]
+    first = parts[len(parts) - tail] if tail else None
+    return first if first is not None and first.kind == "linear" else None
+
+
+def route_costs(parts: list[Part], program: trace.Program, batch: int) -> dict[str, int]:
+    """Multiply-adds per batch of blocks/direct and (when the function starts with an affine
+    map) blocks/gram; {} without parts."""
+    if not parts:
+        return {}
+    avals, forward = program.avals, routes.forward_macs(program)
+    k = int(np.prod(avals[parts[-1].dst].shape))
+    matrix = _tail_matrix(parts)
+    start = routes.matrix_cost(matrix.block(avals)) if matrix is not None else 0
+    body = parts[: len(parts) - _tail(parts)]
     costs = {"blocks/direct": batch * (forward + k * pull_macs(body)) + start}
     first = parts[0]
     if first.kind == "linear" and len(body) > 1 and not first.block(avals).isometric:
@@ -246,18 +245,15 @@ def pull(ctx, parts: list[Part], tape: list, rows: jax.Array) -> jax.Array:
 
 def per_batch_start(ctx, parts: list[Part]):
     """The matrix of the affine run nearest the code, once per batch (None if there is none)."""
-    tail = _tail(parts)
-    if tail and parts[len(parts) - tail].kind == "linear":
-        return routes.matrix(ctx, parts[len(parts) - tail].block(ctx.avals))
-    return None
+    matrix = _tail_matrix(parts)
+    return None if matrix is None else routes.matrix(ctx, matrix.block(ctx.avals))
 
 
 def rows_of(ctx, parts: list[Part], env: dict, value, start) -> jax.Array:
     """M = J(value) [k, |parts[0].src|] for one example: the code-side tail from `start`, the
     rest pulled back part by part."""
     _, tape = forward(parts, env, value)
-    tail = _tail(parts)
-    cut = len(parts) - tail
+    cut = len(parts) - _tail(parts)
     scale = tape[-1].reshape(-1) if parts and parts[-1].kind == "elementwise" else None
     if start is not None:
         rows = start if scale is None else scale[:, None] * start

@@ -81,15 +81,26 @@ def matrix_cost(block: Block) -> int:
     return min(_size(block.in_shape), _size(block.out_shape)) * trace.linear_macs(block)
 
 
+def forward_macs(program: trace.Program) -> int:
+    """Multiply-adds of one evaluation of the whole program (at least 1)."""
+    return max(sum(rules.macs(op) for op in program.ops), 1)
+
+
 def route_costs(
-    program: trace.Program, chain: Chain | None, peel: trace.Peel | None, batch: int
+    program: trace.Program,
+    chain: Chain | None,
+    peel: trace.Peel | None,
+    batch: int,
+    block_costs: dict[str, int] | None = None,
 ) -> dict[str, int]:
-    """Multiply-adds per batch of every exact route that applies to the traced function."""
+    """Multiply-adds per batch of every exact route that applies to the traced function;
+    `block_costs` (`blocks.route_costs`) are listed before the peel, which wins a tie."""
     d = _size(program.avals[0].shape)
     out = program.out
     k = _size(program.avals[out].shape) if isinstance(out, int) else 1
-    forward = max(sum(rules.macs(op) for op in program.ops), 1)
+    forward = forward_macs(program)
     costs = {"jacrev": batch * (forward + k * forward), "jacfwd": batch * (forward + d * forward)}
+    costs |= block_costs or {}
     if chain is not None:
         costs |= _chain_costs(chain, batch, k, forward)
     if peel is not None:

@@ -347,16 +347,22 @@ def describe_part(ops: list[Op], start: int) -> str:
     return f"{kind}[{labels_of(ops)}]"
 
 
+def between_cuts(ops: list[Op], start: int):
+    """(equations, source value) of each part between two cuts, in order, from `start`."""
+    begin, src = 0, start
+    for j in [*cuts(ops, start), len(ops) - 1]:
+        if j < begin:
+            continue
+        yield ops[begin : j + 1], src
+        begin, src = j + 1, ops[j].outs[0]
+
+
 def describe_ops(ops: list[Op], start: int, sep: str = " | ") -> str:
     """The block structure of x-dependent equations from the value `start`, e.g.
     "residual[layer_norm · dense 512→512 · gelu] ×2 | dense 512→64 · tanh": runs of
     equations with one x-dependent operand are paths, the rest parts between cuts."""
     parts: list[list] = []  # ["path", labels] or [name]
-    begin, src = 0, start
-    for j in [*cuts(ops, start), len(ops) - 1]:
-        if j < begin:
-            continue
-        part = ops[begin : j + 1]
+    for part, src in between_cuts(ops, start):
         shape = tuple(getattr(program_aval(part[0], src), "shape", ()))
         if all(len(op.dep) == 1 for op in part):
             labels = [labels_of(part)] if labels_of(part) else []
@@ -370,7 +376,6 @@ def describe_ops(ops: list[Op], start: int, sep: str = " | ") -> str:
             parts[-1][1].extend(labels)
         else:
             parts.append(["path", labels])
-        begin, src = j + 1, ops[j].outs[0]
     return sep.join(
         merge_repeats([" · ".join(p[1]) or "reshape" if p[0] == "path" else p[0] for p in parts])
     )
