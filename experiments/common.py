@@ -23,9 +23,10 @@ from aecore.data import Dataset, load_dataset
 from aecore.train.rundir import METRICS_FILE, RunDir
 
 REPO = Path(__file__).resolve().parents[1]
-# 10,000 real MNIST digits kept beside the checkout for offline development (see its README).
-# Experiments may use it when present; the library never depends on it.
-MNIST_10K = Path(os.environ.get("AECORE_MNIST_10K", REPO.parent / "shared/data/mnist_10k.npz"))
+# 10,000 real MNIST digits in the repository, so the experiments run offline from a clone
+# (provenance and licences: experiments/data/README.md); AECORE_MNIST_10K points elsewhere.
+# Experiments use it; the library never depends on it.
+MNIST_10K = Path(os.environ.get("AECORE_MNIST_10K", REPO / "experiments/data/mnist_10k.npz"))
 
 
 def parser(description: str, *, default_data: str = "digits") -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def parser(description: str, *, default_data: str = "digits") -> argparse.Argume
         default=None,
         help=f"dataset (default: {default_data!r}; with --quick always 'digits', the setting "
         "the quick checks are stated for): 'digits' (offline), 'mnist10k' "
-        "(../shared/data/mnist_10k.npz), a TFDS name (mnist, fashion_mnist, cifar10_bw; needs "
+        "(experiments/data/mnist_10k.npz), a TFDS name (mnist, fashion_mnist, cifar10_bw; needs "
         "--data-dir with prepared data) or a .npy/.npz/.csv path",
     )
     p.add_argument("--data-dir", default=None, help="TFDS data_dir for TFDS datasets")
