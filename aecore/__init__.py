@@ -45,7 +45,7 @@ __all__ = [
     "regularizers",
     "train",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):
