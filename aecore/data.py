@@ -204,6 +204,17 @@ def load_dataset(
       TypeError: a keyword option the source does not accept.
       FileNotFoundError: a missing file, or a TFDS dataset not prepared in `data_dir`.
       ImportError: a TFDS name without tensorflow-datasets installed (the `tfds` extra).
+
+    Examples:
+      >>> from aecore.data import load_dataset
+      >>> ds = load_dataset("digits")  # offline: scikit-learn's bundled scans
+      >>> ds.x_train.shape, ds.x_test.shape, ds.input_shape
+      ((1438, 8, 8, 1), (359, 8, 8, 1), (8, 8, 1))
+      >>> ds.value_range, float(ds.x_train.min()), float(ds.x_train.max())
+      ('unit', 0.0, 1.0)
+      >>> circle = load_dataset("circle", num_points=100, max_examples=50)
+      >>> circle.x_train.shape, circle.y_train is None
+      ((50, 2), True)
     """
     _checks.check_open_unit("test_fraction", test_fraction)
     _checks.check_int("seed", seed)

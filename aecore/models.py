@@ -347,6 +347,19 @@ class Autoencoder(nnx.Module):
         `decoder(h)`, or `decoder(h, encoder)` when it sets `uses_encoder = True` (tied).
       output: the output activation f, "sigmoid" (pair with cross-entropy) or "identity"
         (pair with squared error).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import aecore
+      >>> rngs = nnx.Rngs(0)
+      >>> encoder = nnx.Sequential(nnx.Linear(6, 3, rngs=rngs), jax.nn.sigmoid)  # your own parts
+      >>> model = aecore.Autoencoder(encoder, nnx.Linear(3, 6, rngs=rngs), output="identity")
+      >>> x = jnp.ones((5, 6))
+      >>> jax.vmap(model)(x).shape
+      (5, 6)
+      >>> aecore.frobenius_sq(model.encode, x).shape
+      (5,)
     """
 
     def __init__(self, encoder: Callable, decoder: Callable, *, output: str):
@@ -561,6 +574,17 @@ def make_autoencoder(
 
     Returns:
       An `Autoencoder` module (a pytree: `jax.grad`, `jax.jit` and optax act on it directly).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import aecore
+      >>> model = aecore.make_autoencoder((8, 8, 1), hidden=(32, 16), key=0)
+      >>> model.encode(jnp.zeros((8, 8, 1))).shape  # one example -> its code
+      (16,)
+      >>> model(jnp.zeros((8, 8, 1))).shape
+      (8, 8, 1)
+      >>> aecore.make_autoencoder((64,), hidden=(16,), tied=True, key=0).tied
+      True
     """
     _checks.check_choice("architecture", architecture, ARCHITECTURES)
     _checks.check_choice("output activation", output, OUTPUTS)

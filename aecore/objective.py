@@ -56,6 +56,12 @@ class Objective:
     Keys: from a step's key, the corruption takes `split(key)[0]`, the model's own RNG streams
     (Dropout) `fold_in(key, 0)` via `models.apply_batch`, and the term at position i of
     `terms()` `fold_in(split(key)[1], i)`: by position, never by name.
+
+    Examples:
+      >>> import aecore
+      >>> objective = aecore.Objective(loss="cross_entropy", contractive=0.1, weight_decay=1e-4)
+      >>> [term.name for term in objective.terms()]
+      ['weight_decay', 'contractive']
     """
 
     loss: str = "squared_error"
@@ -209,6 +215,18 @@ def objective_terms(
     Per-example terms are averaged over the batch; scalar terms (weight decay, KL) are added
     once. The reconstruction sees the model in its own mode (training: Dropout active, with
     keys derived from `key`); every term sees `models.eval_mode(model)`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import aecore
+      >>> model = aecore.make_autoencoder((8,), hidden=(4,), key=0)
+      >>> x = jax.random.uniform(jax.random.key(1), (16, 8))
+      >>> objective = aecore.Objective(loss="cross_entropy", contractive=0.1)
+      >>> total, terms = aecore.objective_terms(model, x, jax.random.key(2), objective)
+      >>> sorted(terms), total.shape
+      (['contractive', 'reconstruction'], ())
+      >>> bool(jnp.isclose(total, terms["reconstruction"] + terms["contractive"]))
+      True
     """
     total, terms, _ = objective_with_state(model, x, key, objective)
     return total, terms

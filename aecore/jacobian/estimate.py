@@ -175,6 +175,23 @@ def frobenius_sq_estimate(
       NaN where it is undefined (`degrees_of_freedom` is 0: one Hutchinson probe, or fewer
       than two residual probes for Hutch++); a 1 − α interval is
       estimate ± t_ν(1 − α/2) · se with ν = `degrees_of_freedom(method, p)`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from aecore.jacobian import frobenius_sq, frobenius_sq_estimate
+      >>> w = jax.random.normal(jax.random.key(0), (20, 30)) / 5
+      >>> encode = lambda v: jnp.tanh(w @ v)  # [30] -> [20]
+      >>> x = jax.random.normal(jax.random.key(1), (8, 30))
+      >>> exact = frobenius_sq(encode, x)
+      >>> key = jax.random.key(2)
+      >>> est, se = frobenius_sq_estimate(encode, x, key, num_probes=256, with_error=True)
+      >>> est.shape, se.shape
+      ((8,), (8,))
+      >>> bool(abs(jnp.mean(est) / jnp.mean(exact) - 1) < 0.05)  # unbiased, not exact
+      True
+      >>> full = frobenius_sq_estimate(encode, x, key, num_probes=20, method="hutch++")
+      >>> bool(jnp.allclose(full, exact, rtol=1e-4))  # p >= min(k, d) = 20 probes: exact
+      True
     """
     _checks.check_choice("method", method, ESTIMATOR_METHODS)
     _checks.check_positive_int("num_probes", num_probes)

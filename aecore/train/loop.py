@@ -248,6 +248,22 @@ def fit(
       ValueError / TypeError: bad data, batch size, optimizer or model (one line, before any
         side effect), or a checkpoint of a model of another shape.
       CheckpointError: the latest checkpoint is unreadable (never silently re-initialised).
+
+    Examples:
+      >>> import numpy as np
+      >>> import aecore
+      >>> x = np.random.default_rng(0).uniform(size=(64, 8)).astype(np.float32)
+      >>> model = aecore.make_autoencoder((8,), hidden=(4,), key=0)
+      >>> config = aecore.TrainConfig(
+      ...     num_steps=20, batch_size=16, learning_rate=1e-2, log_every=10, progress=False
+      ... )
+      >>> result = aecore.fit(model, aecore.Objective(loss="cross_entropy"), x, config=config)
+      >>> result.step, len(result.history)  # a record every 10 steps
+      (20, 2)
+      >>> bool(result.history[-1]["loss"] < result.history[0]["loss"])
+      True
+      >>> result.model.encode(x[0]).shape
+      (4,)
     """
     config, optimizer = _settle(config, optimizer)
     source = BatchSource(x_train, config=config, objective=objective)

@@ -61,6 +61,21 @@ def make_train_step(
       The jitted step. `metrics` holds the total `loss`, each objective term, `grad_norm`, and
       `finite` (False if the loss or any gradient is NaN/inf; without `guard` the update is still
       returned, so the caller must check `finite` before keeping the new state).
+
+    Examples:
+      >>> import jax, optax
+      >>> import aecore
+      >>> from aecore.train import init_optimizer, make_train_step
+      >>> model = aecore.make_autoencoder((8,), hidden=(4,), key=0)
+      >>> optimizer = optax.adam(1e-2)
+      >>> step = make_train_step(aecore.Objective(loss="cross_entropy", contractive=0.1), optimizer)
+      >>> opt_state = init_optimizer(optimizer, model)
+      >>> x = jax.random.uniform(jax.random.key(1), (16, 8))
+      >>> model, opt_state, metrics = step(model, opt_state, x, jax.random.key(2))
+      >>> sorted(metrics)
+      ['contractive', 'finite', 'grad_norm', 'loss', 'reconstruction']
+      >>> bool(metrics["finite"])
+      True
     """
     _check_optimizer(optimizer)
 
