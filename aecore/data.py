@@ -235,7 +235,7 @@ def load_dataset(
             f"options accepted for {source!r}: {accepted}"
         )
 
-    split = dict(test_fraction=test_fraction, seed=seed)
+    split: dict[str, Any] = dict(test_fraction=test_fraction, seed=seed)
     if path is not None:
         ds = _load_file(path, label_column=kwargs.get("label_column"), **split)
     elif source == "digits":
@@ -353,6 +353,8 @@ def normalize(
     dtype = x_train.dtype if np.issubdtype(x_train.dtype, np.floating) else np.float32
     # float64 statistics: float32 sums over 60k examples lose digits the PCA identity needs.
     x64 = x_train.astype(np.float64)
+    shift: float | np.ndarray
+    scale: float | np.ndarray
     if method == "none":
         shift, scale = 0.0, 1.0
     elif method == "unit":
@@ -937,8 +939,8 @@ def _cap(ds: Dataset, max_examples: int) -> Dataset:
     return dataclasses.replace(
         ds,
         description=f"{ds.description}; first {max_examples} examples of each split kept",
-        x_train=head(ds.x_train),
-        x_test=head(ds.x_test),
+        x_train=ds.x_train[:max_examples],
+        x_test=ds.x_test[:max_examples],
         y_train=head(ds.y_train),
         y_test=head(ds.y_test),
     )

@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 import jax
 
@@ -154,7 +155,7 @@ def missing_processes() -> list[int]:
         return []
     from jax._src import distributed  # the client's liveness query has no public wrapper yet
 
-    client = distributed.global_state.client
+    client: Any = distributed.global_state.client  # set in a multi-process run
     everyone = list(range(jax.process_count()))
     try:
         live = client.get_live_nodes(everyone)
@@ -186,7 +187,7 @@ def shutdown(timeout_s: float = 60.0) -> None:
         return
     from jax._src import distributed
 
-    client = distributed.global_state.client
+    client: Any = distributed.global_state.client  # set: this process initialized the run
     client.wait_at_barrier("aecore_shutdown", int(timeout_s * 1000), None)
     if jax.process_index() == 0:
         everyone = list(range(jax.process_count()))

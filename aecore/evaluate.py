@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import ArrayLike
 
 from aecore import _checks, jacobian, losses, models
+from aecore.models import Model
 from aecore.objective import Objective, reconstruction
+
+if TYPE_CHECKING:
+    from aecore.data import Dataset
 
 # --------------------------------------------------------------------------------------------
 # Input checks and batching
 
 
-def input_shape(model) -> tuple[int, ...] | None:
+def input_shape(model: Model) -> tuple[int, ...] | None:
     """The per-example input shape the model declares (`model.encoder.input_shape` or
     `model.input_shape`), or None when it declares none (then the data's shape is used)."""
     for owner in (getattr(model, "encoder", None), model):
@@ -106,19 +112,19 @@ def _frobenius_sq_batch(model, x, *, mode):  # [B]
 # Codes, reconstructions, errors
 
 
-def encode(model, x, *, batch_size: int = 512) -> np.ndarray:
+def encode(model: Model, x: ArrayLike, *, batch_size: int = 512) -> np.ndarray:
     """Codes h(x) [N, d_z] of the examples x [N, *input_shape] (jitted, in batches)."""
     x = _check_x(model, x)
     return _in_chunks(_encode_batch, model, x, batch_size)
 
 
-def reconstruct(model, x, *, batch_size: int = 512) -> np.ndarray:
+def reconstruct(model: Model, x: ArrayLike, *, batch_size: int = 512) -> np.ndarray:
     """Reconstructions x_hat = f(decoder(h(x))) [N, *input_shape]."""
     x = _check_x(model, x)
     return _in_chunks(_reconstruct_batch, model, x, batch_size)
 
 
-def reconstruction_error(model, x, *, loss: str, batch_size: int = 512) -> float:
+def reconstruction_error(model: Model, x: ArrayLike, *, loss: str, batch_size: int = 512) -> float:
     """Mean over examples of the per-example loss ("squared_error" or "cross_entropy"), i.e. the
     reconstruction term of `aecore.objective.reconstruction` on clean inputs."""
     _checks.check_choice("loss", loss, losses.LOSSES)
@@ -131,7 +137,7 @@ def reconstruction_error(model, x, *, loss: str, batch_size: int = 512) -> float
     return float(np.mean(per_example))
 
 
-def noise_ratio(model, x, *, sigma: float, seed: int) -> float:
+def noise_ratio(model: Model, x: ArrayLike, *, sigma: float, seed: int) -> float:
     """How much added noise survives reconstruction: ‖x̂(x̃) − x‖² / ‖x̃ − x‖², summed over x.
 
     x̃ = x + N(0, σ²) drawn with `numpy.random.default_rng(seed)`. 1 means the model passes the
@@ -155,7 +161,7 @@ def noise_ratio(model, x, *, sigma: float, seed: int) -> float:
     return float(np.sum((x_hat - x) ** 2) / np.sum((x_tilde - x) ** 2))
 
 
-def psnr(x_hat, x, mask=None) -> np.ndarray:
+def psnr(x_hat: ArrayLike, x: ArrayLike, mask: ArrayLike | None = None) -> np.ndarray:
     """Peak signal-to-noise ratio per image in dB, peak value 1: 10 log10(1 / MSE).
 
     Args:
@@ -182,7 +188,9 @@ def psnr(x_hat, x, mask=None) -> np.ndarray:
 # Jacobians
 
 
-def jacobian_norms(model, x, *, mode: str = "auto", batch_size: int = 256) -> np.ndarray:
+def jacobian_norms(
+    model: Model, x: ArrayLike, *, mode: str = "auto", batch_size: int = 256
+) -> np.ndarray:
     """Exact ‖∂h(x_i)/∂x_i‖_F per example [N] (the square root of `jacobian.frobenius_sq`)."""
     _checks.check_choice("mode", mode, jacobian.MODES)
     x = _check_x(model, x)
@@ -190,7 +198,7 @@ def jacobian_norms(model, x, *, mode: str = "auto", batch_size: int = 256) -> np
     return np.sqrt(np.maximum(sq, 0.0))
 
 
-def jacobian_spectrum(model, x, *, max_examples: int = 200) -> np.ndarray:
+def jacobian_spectrum(model: Model, x: ArrayLike, *, max_examples: int = 200) -> np.ndarray:
     """Singular values of each example's encoder Jacobian, [n, min(d_z, d)], descending.
 
     n = min(N, max_examples). A contractive encoder has a few large singular values (directions
@@ -198,8 +206,8 @@ def jacobian_spectrum(model, x, *, max_examples: int = 200) -> np.ndarray:
     """
     _checks.check_positive_int("max_examples", max_examples)
     x = _check_x(model, x)[:max_examples]
-    jac = jax.jit(lambda m, xb: jacobian.jacobian(models.eval_mode(m).encode, xb))
-    jac = np.asarray(jac(model, jnp.asarray(x)))
+    jac_fn = jax.jit(lambda m, xb: jacobian.jacobian(models.eval_mode(m).encode, xb))
+    jac = np.asarray(jac_fn(model, jnp.asarray(x)))
     jac = jac.reshape(jac.shape[0], jac.shape[1], -1).astype(np.float64)  # [n, k, d]
     return np.linalg.svd(jac, compute_uv=False)
 
@@ -208,7 +216,7 @@ def jacobian_spectrum(model, x, *, max_examples: int = 200) -> np.ndarray:
 # Saturation
 
 
-def code_activation(model) -> str | None:
+def code_activation(model: Model) -> str | None:
     """Name of the code layer's activation as the model declares it, or None.
 
     Read from `model.encoder.code_activation` (a user encoder can set it), else from the last
@@ -225,16 +233,16 @@ def code_activation(model) -> str | None:
         and isinstance(getattr(layers[-1], "activation", None), str)
     ):
         return layers[-1].activation
-    code = getattr(enc, "code", None)
-    if isinstance(getattr(code, "activation", None), str):
-        return code.activation
-    return None
+    code_activation = getattr(getattr(enc, "code", None), "activation", None)
+    return code_activation if isinstance(code_activation, str) else None
 
 
 SATURATION_RULES = ("sigmoid", "tanh", "relu", "softplus", "identity")
 
 
-def saturation(model, x, *, tol: float = 0.05, activation: str | None = None) -> float:
+def saturation(
+    model: Model, x: ArrayLike, *, tol: float = 0.05, activation: str | None = None
+) -> float:
     """Fraction of (example, code unit) pairs whose code unit is saturated, from the code values.
 
     Saturated means, by the code activation: sigmoid h < tol or h > 1 − tol; tanh |h| > 1 − tol;
@@ -282,10 +290,10 @@ def saturation(model, x, *, tol: float = 0.05, activation: str | None = None) ->
 
 
 def linear_probe(
-    codes_train,
-    y_train,
-    codes_test,
-    y_test,
+    codes_train: ArrayLike,
+    y_train: ArrayLike,
+    codes_test: ArrayLike,
+    y_test: ArrayLike,
     *,
     max_iter: int = 1000,
     C: float = 1.0,
@@ -330,7 +338,9 @@ def linear_probe(
     return {"accuracy": accuracy, "error": 1.0 - accuracy}
 
 
-def precision_at_k(codes_train, y_train, codes_test, y_test, *, k: int) -> float:
+def precision_at_k(
+    codes_train: ArrayLike, y_train: ArrayLike, codes_test: ArrayLike, y_test: ArrayLike, *, k: int
+) -> float:
     """Retrieval precision@k: the mean fraction of each test code's k nearest training codes
     (Euclidean) that share its label.
 
@@ -345,6 +355,7 @@ def precision_at_k(codes_train, y_train, codes_test, y_test, *, k: int) -> float
     from sklearn.neighbors import NearestNeighbors
 
     _checks.check_positive_int("k", k)
+    codes_train = np.asarray(codes_train)
     if k > len(codes_train):
         raise ValueError(f"k must be <= the {len(codes_train)} training codes, got {k}")
     _, idx = NearestNeighbors(n_neighbors=k).fit(codes_train).kneighbors(codes_test)
@@ -355,7 +366,7 @@ def precision_at_k(codes_train, y_train, codes_test, y_test, *, k: int) -> float
 # Subspaces: PCA and linear autoencoders
 
 
-def principal_angles(a, b) -> np.ndarray:
+def principal_angles(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """Principal angles (radians, descending) between the column spaces of a [d, k1], b [d, k2].
 
     Orthonormal bases by QR (the columns must be linearly independent), then the singular values
@@ -378,7 +389,7 @@ def principal_angles(a, b) -> np.ndarray:
     return angles[::-1].copy()
 
 
-def decoder_basis(model, code_dim: int | None = None) -> np.ndarray:
+def decoder_basis(model: Model, code_dim: int | None = None) -> np.ndarray:
     """The [d, k] Jacobian of the decoder's pre-output at the code h = 0, ∂decode_logits/∂h.
 
     For a linear decoder x̂ = W* h + c this is W* itself, whose column space x̂ − c lies in
@@ -405,7 +416,7 @@ def _flat(x) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-def pca_angles(model, x_train) -> np.ndarray:
+def pca_angles(model: Model, x_train: ArrayLike) -> np.ndarray:
     """Principal angles (radians) between a linear autoencoder's decoder subspace and the top-k
     PCA subspace of x_train, k the decoder's code width. Near 0 once a linear AE with squared
     error has converged (Baldi & Hornik, 1989); the weights themselves need not be orthogonal.
@@ -425,7 +436,7 @@ def pca_angles(model, x_train) -> np.ndarray:
     return principal_angles(basis, components.T)
 
 
-def pca_reconstruction_error(x_train, x_test, k: int) -> float:
+def pca_reconstruction_error(x_train: ArrayLike, x_test: ArrayLike, k: int) -> float:
     """Mean per-example squared error Σ_j (x̂_j − x_j)² of rank-k PCA (fit on x_train) on x_test:
     the floor a linear autoencoder with k codes and squared error can reach."""
     from sklearn.decomposition import PCA
@@ -446,10 +457,10 @@ def pca_reconstruction_error(x_train, x_test, k: int) -> float:
 
 
 def contraction_curve(
-    model,
-    x,
+    model: Model,
+    x: ArrayLike,
     *,
-    radii: Sequence[float],
+    radii: Sequence[float] | np.ndarray,
     num_pairs: int = 200,
     key: jax.Array,
 ) -> dict[str, np.ndarray]:
@@ -489,8 +500,8 @@ def contraction_curve(
 
 
 def evaluate_model(
-    model,
-    dataset,
+    model: Model,
+    dataset: Dataset,
     objective: Objective,
     *,
     max_examples: int = 2000,

@@ -8,6 +8,7 @@ Pure NumPy/SciPy: the fits run once per trained model, outside any JIT region.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -341,7 +342,7 @@ def edge_fraction(kernel: np.ndarray, image_shape: tuple[int, int]) -> dict[str,
     }
 
 
-def _as_images(kernel: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+def _as_images(kernel: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
     """kernel [d, k] -> filters [k, H, W] float64, checked."""
     kernel = np.asarray(kernel, dtype=np.float64)
     image_shape = tuple(int(s) for s in image_shape)

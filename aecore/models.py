@@ -29,11 +29,13 @@ import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 
 from aecore import _checks
 
@@ -45,6 +47,22 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "softplus": jax.nn.softplus,
     "identity": lambda a: a,
 }
+
+
+class Model(Protocol):
+    """The model protocol above as a type: what `fit`, `objective_terms` and `aecore.evaluate`
+    call, whatever the class (`Autoencoder` is one; so is any object with these members)."""
+
+    output: str
+
+    def encode(self, x: jax.Array, /) -> jax.Array: ...
+
+    def decode_logits(self, h: jax.Array, /) -> jax.Array: ...
+
+    def decode(self, h: jax.Array, /) -> jax.Array: ...
+
+
+M = TypeVar("M")
 
 
 OUTPUTS = ("sigmoid", "identity")
@@ -93,7 +111,8 @@ def _variance_scaling(key, shape, dtype, *, kind: str, fan: float) -> jax.Array:
     else:  # the std of N(0, 1) truncated to +-2
         scale = np.sqrt(variance) / np.asarray(0.87962566103423978, dtype)
     scale = jnp.asarray(scale, dtype)
-    if isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
+    partitionable = jax.config.jax_threefry_partitionable  # type: ignore[attr-defined]
+    if isinstance(key, jax.core.Tracer) or not partitionable:
         return _scaled_draw(key, scale, kind=kind, size=n).reshape(shape)
     flat = _scaled_draw(key, scale, kind=kind, size=_draw_size(n))
     # Slice on the host: a device slice would compile once per shape again.
@@ -105,7 +124,9 @@ def _glorot(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
     return _variance_scaling(key, shape, dtype, kind="uniform", fan=(shape[0] + shape[1]) / 2)
 
 
-def lecun_normal_flat(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+def lecun_normal_flat(
+    key: jax.Array, shape: Sequence[int], dtype: DTypeLike = jnp.float32
+) -> jax.Array:
     """flax's default conv kernel init (`lecun_normal`: truncated normal, variance 1/fan_in,
     fan_in = the product of all axes but the last), the same numbers as
     `jax.nn.initializers.lecun_normal()`, drawn flat in a shared size bucket: XLA:CPU compiles
@@ -123,7 +144,13 @@ class Dense(nnx.Module):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, *, activation: str, key: jax.Array, dtype
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        activation: str,
+        key: jax.Array,
+        dtype: DTypeLike,
     ):
         _checks.check_choice("activation", activation, ACTIVATIONS)
         self.kernel = nnx.Param(_glorot(key, (in_features, out_features), dtype))
@@ -151,7 +178,7 @@ class MLPEncoder(nnx.Module):
         activations: Sequence[str],
         *,
         key: jax.Array,
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
     ):
         self.input_shape = tuple(int(s) for s in input_shape)
         sizes = [int(np.prod(self.input_shape)), *widths]
@@ -181,7 +208,7 @@ class MLPDecoder(nnx.Module):
         output_shape: Sequence[int],
         *,
         key: jax.Array,
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
     ):
         self.output_shape = tuple(int(s) for s in output_shape)
         sizes = [code_dim, *widths, int(np.prod(self.output_shape))]
@@ -215,7 +242,7 @@ class TiedDecoder(nnx.Module):
         encoder: MLPEncoder,
         output_shape: Sequence[int],
         *,
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
     ):
         self.output_shape = tuple(int(s) for s in output_shape)
         in_sizes = [layer.kernel.shape[0] for layer in encoder.layers]
@@ -248,7 +275,7 @@ class ConvEncoder(nnx.Module):
         activation: str,
         code_activation: str,
         key: jax.Array,
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
     ):
         h, w, c = (int(s) for s in input_shape)
         factor = 2 ** len(channels)
@@ -298,7 +325,7 @@ class ConvDecoder(nnx.Module):
         *,
         activation: str,
         key: jax.Array,
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
     ):
         h, w, c = (int(s) for s in output_shape)
         n = len(channels)
@@ -416,7 +443,7 @@ class ArrayTreePart(nnx.Module):
     Jacobian engine's route, is the original's.
     """
 
-    def __init__(self, tree):
+    def __init__(self, tree: Any):
         leaves, self.treedef = jax.tree.flatten(tree)
         self.static_leaves = tuple(None if _is_array(v) else v for v in leaves)
         self.arrays = nnx.List([_as_variable(v) for v in leaves if _is_array(v)])
@@ -445,7 +472,7 @@ class LinenPart(ArrayTreePart):
     """A Linen module with its parameters as an encoder/decoder: `from_linen(module, variables)`;
     calls `module.apply({"params": params}, x)`. `.params` holds the current parameters."""
 
-    def __init__(self, module, params):
+    def __init__(self, module: Any, params: Any):
         super().__init__(params)
         self.module = module
 
@@ -457,7 +484,7 @@ class LinenPart(ArrayTreePart):
         return self.module.apply({"params": self.tree}, *args)
 
 
-def from_linen(module, variables) -> LinenPart:
+def from_linen(module: Any, variables: Any) -> LinenPart:
     """A Linen module and its variables as an encoder or decoder of `Autoencoder`.
 
     Args:
@@ -486,7 +513,7 @@ def from_linen(module, variables) -> LinenPart:
     return LinenPart(module, params)
 
 
-def _library_module(name: str) -> type | None:
+def _library_module(name: str) -> Any:
     """`name`'s module base class, if that library is already imported (never imports it)."""
     lib = sys.modules.get(name)
     return None if lib is None else getattr(lib, "Module", None)
@@ -504,7 +531,7 @@ def _from_to_nnx(part) -> LinenPart:
     return from_linen(part.to_nnx__module, {"params": params})
 
 
-def as_part(name: str, part):
+def as_part(name: str, part: Callable) -> Callable:
     """The encoder or decoder `part` as `Autoencoder` holds it: nnx modules and plain functions
     as they are, Equinox modules as `EquinoxPart`, bound Linen modules and Linen modules wrapped
     by `nnx.bridge.ToNNX` as `from_linen`; anything else holding arrays is refused in one line
@@ -552,7 +579,7 @@ def make_autoencoder(
     decoder_hidden: Sequence[int] | None = None,
     conv_channels: Sequence[int] = (16, 32),
     key: jax.Array | int = 0,
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Autoencoder:
     """Builds an autoencoder for examples of shape `input_shape`.
 
@@ -614,7 +641,7 @@ def make_autoencoder(
             raise ValueError(f"conv autoencoder takes one code width in hidden, got {hidden}")
         for c in conv_channels:
             _checks.check_positive_int("conv channel count", c)
-        enc = ConvEncoder(
+        conv_enc = ConvEncoder(
             input_shape,
             conv_channels,
             hidden[0],
@@ -623,12 +650,13 @@ def make_autoencoder(
             key=k_enc,
             dtype=dtype,
         )
-        dec = ConvDecoder(
+        conv_dec = ConvDecoder(
             hidden[0], conv_channels, input_shape, activation="relu", key=k_dec, dtype=dtype
         )
-        return Autoencoder(enc, dec, output=output)
+        return Autoencoder(conv_enc, conv_dec, output=output)
 
     enc = MLPEncoder(input_shape, hidden, acts, key=k_enc, dtype=dtype)
+    dec: TiedDecoder | MLPDecoder
     if tied:
         if decoder_hidden is not None:
             raise ValueError("decoder_hidden cannot be set with tied=True (the decoder is Wᵀ)")
@@ -642,7 +670,7 @@ def make_autoencoder(
     return Autoencoder(enc, dec, output=output)
 
 
-def weight_arrays(model) -> list[jax.Array]:
+def weight_arrays(model: Model) -> list[jax.Array]:
     """All weight matrices and conv kernels (`nnx.Param` arrays of rank >= 2), biases excluded.
 
     Non-parameter state (RNG keys, batch statistics) is never a weight.
@@ -657,7 +685,7 @@ BATCH_AXIS = "batch"  # axis name of the examples under `apply_batch` (nnx.Batch
 _NOT_STATEFUL = nnx.Not(nnx.Any(nnx.Param, nnx.RngState))
 
 
-def eval_mode(model):
+def eval_mode(model: M) -> M:
     """The model with Dropout off and BatchNorm on its running averages (shares the arrays).
 
     Evaluation, the eval steps of `fit` and every Jacobian penalty use this view: the penalty is
@@ -669,14 +697,16 @@ def eval_mode(model):
     return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
 
 
-def train_mode(model):
+def train_mode(model: M) -> M:
     """The model with Dropout active and BatchNorm on batch statistics (shares the arrays)."""
     if not isinstance(model, nnx.Module):
         return model
     return nnx.view(model, deterministic=False, use_running_average=False, raise_if_not_found=False)
 
 
-def apply_batch(fn: Callable, model, *xs: jax.Array, key: jax.Array | None = None):
+def apply_batch(
+    fn: Callable, model: Any, *xs: jax.Array, key: jax.Array | None = None
+) -> tuple[Any, nnx.State]:
     """Applies `fn(model, *one_example)` to every example of the batches `xs` ([B, ...] each).
 
     A model without non-parameter state is plainly vmapped. Otherwise each example sees its own
@@ -697,7 +727,7 @@ def apply_batch(fn: Callable, model, *xs: jax.Array, key: jax.Array | None = Non
         nnx.state(model, nnx.Not(nnx.Param))
     ):
         return jax.vmap(lambda *a: fn(model, *a))(*xs), nnx.State({})
-    graphdef, rng, rest = nnx.split(model, nnx.RngKey, ...)
+    graphdef, rng, rest = nnx.split(model, nnx.RngKey, ...)  # type: ignore[misc]
     n = xs[0].shape[0]
     leaves, treedef = jax.tree.flatten(rng)
     if key is None:
@@ -728,7 +758,7 @@ def _batch_value(u: jax.Array) -> jax.Array:
 # Protocol check: one example through encode and decode, abstractly (no FLOPs)
 
 
-def check_protocol(model, example_shape: Sequence[int], dtype) -> tuple[int, ...]:
+def check_protocol(model: Any, example_shape: Sequence[int], dtype: DTypeLike) -> tuple[int, ...]:
     """Checks, with `jax.eval_shape`, that `model` maps ONE example of `example_shape` to a code
     vector and the code back to `example_shape`; raises a one-line error naming what is wrong.
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from aecore import _checks, jacobian, losses, models, regularizers
 from aecore.regularizers import HIGHER_ORDER_FORMS, Term
@@ -155,7 +156,7 @@ class Objective:
         return record
 
 
-def reconstruction(model, x: jax.Array, h: jax.Array, *, loss: str) -> jax.Array:
+def reconstruction(model: models.Model, x: jax.Array, h: jax.Array, *, loss: str) -> jax.Array:
     """Per-example reconstruction loss [B] of the clean target x from codes h [B, d_z].
 
     Decodes with the model as it is (pass `models.eval_mode(model)` for evaluation).
@@ -177,7 +178,9 @@ def _loss_from_output(out, x, loss: str):
     return losses.squared_error(out, x)
 
 
-def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objective):
+def objective_with_state(
+    model: models.Model, x: jax.Array, key: jax.Array, objective: Objective
+) -> tuple[jax.Array, dict[str, jax.Array], nnx.State]:
     """`objective_terms` plus the non-parameter state the training-mode forward pass wrote.
 
     Returns:
@@ -204,11 +207,11 @@ def objective_with_state(model, x: jax.Array, key: jax.Array, objective: Objecti
         k = jax.random.fold_in(k_terms, i)
         terms[term.name], logs = term.with_logs(deterministic, x, x_tilde, h, k)
         logged.update(logs)
-    return sum(terms.values()), terms | logged, updates
+    return jnp.asarray(sum(terms.values())), terms | logged, updates
 
 
 def objective_terms(
-    model, x: jax.Array, key: jax.Array, objective: Objective
+    model: models.Model, x: jax.Array, key: jax.Array, objective: Objective
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total loss (scalar, batch mean) and each of its terms, for a batch x [B, *input_shape].
 

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from jax.typing import ArrayLike
 
 
 def _pyplot():
@@ -45,7 +46,7 @@ def _as_image(img: np.ndarray) -> tuple[np.ndarray, str | None]:
     return np.clip(img, 0.0, 1.0), None
 
 
-def save_reconstructions(path, x, x_hat, *, n: int = 10) -> str:
+def save_reconstructions(path: str, x: ArrayLike, x_hat: ArrayLike, *, n: int = 10) -> str:
     """Originals (top row) above their reconstructions (bottom row) for the first n examples.
 
     Args:
@@ -89,7 +90,9 @@ def save_reconstructions(path, x, x_hat, *, n: int = 10) -> str:
     return _save(fig, path)
 
 
-def save_filters(path, kernel, *, image_shape: Sequence[int], n: int | None = None) -> str:
+def save_filters(
+    path: str, kernel: ArrayLike, *, image_shape: Sequence[int], n: int | None = None
+) -> str:
     """Encoder filters as an image grid: rows W_l / ‖W_l‖ of W = kernelᵀ, reshaped.
 
     The classic figure of denoising and sparse autoencoders (Vincent et al., 2010, Fig. 6): each
@@ -136,7 +139,7 @@ def save_filters(path, kernel, *, image_shape: Sequence[int], n: int | None = No
     return _save(fig, path)
 
 
-def save_loss_curves(path, history: Sequence[Mapping[str, float]]) -> str:
+def save_loss_curves(path: str, history: Sequence[Mapping[str, float]]) -> str:
     """One line per numeric term of a training history against "step", log y-axis.
 
     Args:
@@ -178,7 +181,7 @@ def save_loss_curves(path, history: Sequence[Mapping[str, float]]) -> str:
     return _save(fig, path)
 
 
-def save_spectrum(path, singular_values) -> str:
+def save_spectrum(path: str, singular_values: ArrayLike) -> str:
     """Singular values of encoder Jacobians by rank (log y): median with 10-90% band over examples.
 
     Args:
@@ -211,7 +214,9 @@ def save_spectrum(path, singular_values) -> str:
     return _save(fig, path)
 
 
-def save_contraction_curves(path, curves: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
+def save_contraction_curves(
+    path: str, curves: Mapping[str, Mapping[str, Sequence[float] | np.ndarray]]
+) -> str:
     """Contraction ratio against distance, one line per model (Rifai et al., 2011, Fig. 2).
 
     Args:
@@ -242,7 +247,7 @@ def save_contraction_curves(path, curves: Mapping[str, Mapping[str, Sequence[flo
     return _save(fig, path)
 
 
-def save_vector_field(path, x, x_hat) -> str:
+def save_vector_field(path: str, x: ArrayLike, x_hat: ArrayLike) -> str:
     """Arrows from each 2-D point x to its reconstruction x_hat, over the scattered data.
 
     A denoising or contractive autoencoder's x_hat − x points back towards the data manifold
@@ -279,7 +284,7 @@ def save_vector_field(path, x, x_hat) -> str:
     return _save(fig, path)
 
 
-def save_codes_2d(path, codes, labels=None) -> str:
+def save_codes_2d(path: str, codes: ArrayLike, labels: ArrayLike | None = None) -> str:
     """Scatter of 2-D codes (or the first two code units), coloured by label when given.
 
     Args:
@@ -311,7 +316,9 @@ def save_codes_2d(path, codes, labels=None) -> str:
     return _save(fig, path)
 
 
-def save_reconstruction_scatter(path, x, x_hat, *, max_points: int = 20000) -> str:
+def save_reconstruction_scatter(
+    path: str, x: ArrayLike, x_hat: ArrayLike, *, max_points: int = 20000
+) -> str:
     """Every reconstructed value against its input value, with the identity line.
 
     The figure for feature vectors (which have no image to show): a perfect reconstruction lies
@@ -349,7 +356,14 @@ def save_reconstruction_scatter(path, x, x_hat, *, max_points: int = 20000) -> s
     return _save(fig, path)
 
 
-def save_points_3d(path, points, *, reconstructions=None, labels=None, axis: str = "x") -> str:
+def save_points_3d(
+    path: str,
+    points: ArrayLike,
+    *,
+    reconstructions: ArrayLike | None = None,
+    labels: ArrayLike | None = None,
+    axis: str = "x",
+) -> str:
     """A 3-D scatter: a 3-D manifold's points (with their reconstructions), or 3-unit codes.
 
     Args:

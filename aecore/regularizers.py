@@ -15,20 +15,20 @@ import jax.numpy as jnp
 
 from aecore import _checks, jacobian
 from aecore.jacobian import estimate
-from aecore.models import weight_arrays
+from aecore.models import Model, weight_arrays
 
 # ρ̂ is clipped into [KL_EPS, 1 − KL_EPS] so that KL(ρ‖ρ̂) stays finite when a unit is always off
 # (ρ̂ = 0) or always on (ρ̂ = 1), e.g. ReLU codes or saturated sigmoids.
 KL_EPS = 1e-6
 
 
-def weight_decay(model, *, weight: float) -> jax.Array:
+def weight_decay(model: Model, *, weight: float) -> jax.Array:
     """λ Σ_W ‖W‖²_F over every weight matrix and conv kernel; biases are NOT included.
 
     A tied model holds each weight once, so it is counted once. Returns a scalar.
     """
     _checks.check_nonnegative("weight_decay weight", weight)
-    return weight * sum(jnp.sum(w**2) for w in weight_arrays(model))
+    return weight * jnp.asarray(sum(jnp.sum(w**2) for w in weight_arrays(model)))
 
 
 def l1_sparsity(h: jax.Array, *, weight: float) -> jax.Array:
@@ -162,6 +162,8 @@ def contractive_higher_order(
     if form == "hessian":
         hess = jacobian.hessian_frobenius_sq(encode, x, chunk_size=chunk_size)
         return weight * sigma**2 * hess
+    if key is None:
+        raise ValueError("contractive_higher_order with form='monte_carlo' needs a key, got None")
     eps = sigma * jax.random.normal(key, (num_corruptions, *x.shape), x.dtype)
     diffs = jax.vmap(
         lambda e: jacobian.frobenius_sq_diff(encode, x, x + e, mode=mode, chunk_size=chunk_size)
@@ -210,13 +212,18 @@ class Term:
             raise TypeError(f"term {self.name!r}: fn must be callable, got {self.fn!r}")
         _checks.check_nonnegative(f"term {self.name!r} weight", self.weight)
 
-    def __call__(self, model, x, x_tilde, h, key) -> jax.Array:
+    def __call__(
+        self, model: Model, x: jax.Array, x_tilde: jax.Array, h: jax.Array, key: jax.Array
+    ) -> jax.Array:
         """weight * (batch mean of the per-example values, or the scalar), a scalar."""
         return self.with_logs(model, x, x_tilde, h, key)[0]
 
-    def with_logs(self, model, x, x_tilde, h, key) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def with_logs(
+        self, model: Model, x: jax.Array, x_tilde: jax.Array, h: jax.Array, key: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(the value `__call__` returns, the term's logged-only scalars by metric name)."""
         out = self.fn(model, x, x_tilde, h, key)
+        logs: dict[str, jax.Array]
         values, logs = out if isinstance(out, tuple) else (out, {})
         values = jnp.asarray(values)
         shape = values.shape

@@ -74,7 +74,7 @@ class RunConfig:
         if isinstance(config, RunConfig):
             return config
         cfg = _as_dict(config)
-        sections = {f.name: f.default_factory for f in dataclasses.fields(cls)}
+        sections: dict[str, Any] = {f.name: f.default_factory for f in dataclasses.fields(cls)}
         unknown = sorted(set(cfg) - set(sections))
         if unknown:
             raise ValueError(f"unknown config section(s) {unknown}; valid: {list(sections)}")
@@ -125,6 +125,7 @@ def load_data(d: DataConfig, *, dataset: Dataset | None = None) -> tuple[Dataset
         max_examples=d.max_examples,
     )
     x_train, x_test, stats = normalize(ds.x_train, ds.x_test, method=d.normalization)
+    assert x_test is not None  # normalize maps the test array to an array
     digest = hashlib.sha256()
     for x in (ds.x_train, ds.x_test):
         digest.update(np.ascontiguousarray(x).tobytes())
@@ -396,11 +397,11 @@ def finish_run(
     run.write_json(METRICS_FILE, metrics)
     if not figures:
         return metrics
-    figures = {  # figures drawn earlier and still on disk stay listed
+    drawn = {  # figures drawn earlier and still on disk stay listed
         k: v for k, v in metrics.get("figures", {}).items() if os.path.exists(v)
     }
-    figures.update(_save_figures(model, ds, config, workdir, history=history))
-    metrics["figures"] = figures
+    drawn.update(_save_figures(model, ds, config, workdir, history=history))
+    metrics["figures"] = drawn
     run.write_json(METRICS_FILE, metrics)
     return metrics
 
@@ -546,7 +547,7 @@ def _train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
         x_test=run.ds.x_test,
         workdir=run.workdir,
     )
-    metrics = {"steps": result.step}
+    metrics: dict[str, Any] = {"steps": result.step}
     if result.history and "eval_reconstruction" in result.history[-1]:
         metrics["final_eval_reconstruction"] = result.history[-1]["eval_reconstruction"]
     if result.best_step is not None:  # early stopping: the kept model is the best evaluated one

@@ -19,7 +19,9 @@ from aecore.run import RunConfig
 # A config section per field of `RunConfig`, each a dataclass: every field of these is a config
 # key of the same name, with the dataclass default unless `EXPERIMENT_DEFAULTS` says otherwise.
 # Nothing is listed twice.
-SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
+SECTIONS: dict[str, type] = {
+    f.name: typing.cast(type, f.default_factory) for f in dataclasses.fields(RunConfig)
+}
 # Fields that hold code rather than values: they are set in Python, never from a config.
 NOT_CONFIGURABLE: dict[str, str] = {
     "objective.extra_terms": "user terms are code; pass Objective(extra_terms=...) in Python",

@@ -111,7 +111,10 @@ class _Engine:
 
     def __init__(self, fn: Callable, x: jax.Array):
         self.program = trace.trace(fn, x[0])
-        self.peel, self.parts = None, []
+        self.peel: trace.Peel | None = None
+        self.parts: list[blocks.Part] = []
+        self.chain: trace.Chain | None
+        self.reason: str | None
         try:
             self.chain = trace.analyse(self.program)
             self.reason = None
@@ -199,8 +202,8 @@ def _batched(batch_fn: Callable, args: tuple, chunk_size: int | None) -> jax.Arr
 
 def _chain_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None) -> jax.Array:
     """‖J‖² (one batch) or ‖J(x) − J(x')‖² (two batches) by a structured route."""
-    chain = engine.chain
-    ctx = routes.Context(chain, trace.const_env(engine.program), engine.program.avals)
+    ctx = routes.Context(engine.chain, trace.const_env(engine.program), engine.program.avals)
+    chain = ctx.the_chain()
     per_example_diags = jax.vmap(lambda xi: routes.diagonals(ctx, xi))
     if route == "closed_form":
         if not chain.segments:  # a linear map: ‖A‖²_F, the same for every example
@@ -208,14 +211,14 @@ def _chain_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | Non
             return jnp.broadcast_to(total, (xs[0].shape[0],))
         rn = routes.row_norms(ctx, chain.linear[0])  # [n_1], once per batch
 
-        def batch_fn(*xb):
+        def closed_form_fn(*xb):
             ds = [per_example_diags(v)[0] for v in xb]
             d = ds[0] if len(ds) == 1 else ds[0] - ds[1]
             # A matrix product, not a broadcast-and-sum over the batch: XLA:CPU reduces large
             # arrays over their leading axis slowly (jax-ml/jax#25187).
             return (d**2) @ rn.astype(d.dtype)
 
-        return _batched(batch_fn, xs, chunk_size)
+        return _batched(closed_form_fn, xs, chunk_size)
     product = route.split("/")[1]
     mats = routes.chain_matrices(ctx)
     per_batch = {"gram": routes.gram_of(ctx, chain.linear[0])} if product == "gram" else {}
@@ -231,6 +234,7 @@ def _chain_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | Non
 
 def _autodiff_penalty(fn: Callable, route: str, xs: tuple, chunk_size: int | None) -> jax.Array:
     jac = jax.jacfwd(fn) if route == "jacfwd" else jax.jacrev(fn)
+    per_example: Callable[..., jax.Array]
     if len(xs) == 1:
         per_example = lambda xi: jnp.sum(jac(xi) ** 2)  # noqa: E731
     else:
@@ -245,6 +249,8 @@ def _peel_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None
     """‖J_rest(a) A_0‖² = Σ (M G) ⊙ M, M = J_rest(A_0 x) [k, n_1] by autodiff in the n_1-space,
     G = A_0 A_0ᵀ once per batch; for two batches J(x) − J(x') = (M_x − M_x') A_0."""
     peel, program = engine.peel, engine.program
+    if peel is None:
+        raise ValueError("the peel route was asked of a function without a leading affine map")
     ctx = routes.Context(None, trace.const_env(program), program.avals)
     g = routes.gram_of(ctx, peel.first)  # [n_1, n_1]
     n1 = int(np.prod(peel.first.out_shape))

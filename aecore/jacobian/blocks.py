@@ -74,7 +74,7 @@ def _residual(ops: list[Op], src: int, avals) -> Part | None:
 def _part(ops: list[Op], src: int, dst: int, avals) -> Part:
     shape = tuple(avals[src].shape)
     if len(ops) == 1 and rules.is_linear(ops[0]):
-        return Part("linear", ops, src, dst, rules.rule_for(ops[0]).label(ops[0]) or "")
+        return Part("linear", ops, src, dst, rules.linear_rule(ops[0]).label(ops[0]) or "")
     if tuple(avals[dst].shape) == shape and all(elementwise.is_elementwise(o, shape) for o in ops):
         name = "+".join(dict.fromkeys(elementwise.label(o) for o in ops))
         return Part("elementwise", ops, src, dst, name)
@@ -122,6 +122,7 @@ def parts_of(program: trace.Program) -> list[Part]:
         lv = trace.live(program)
     except trace.NotAChain:
         return []
+    assert isinstance(program.out, int)  # live() raises for an output that ignores x
     parts = split(lv.ops, 0, program.avals, program.out)
     if all(p.kind == "vjp" for p in parts) or not _floating(parts, program.avals):
         return []

@@ -150,7 +150,7 @@ def frobenius_sq_estimate(
     num_probes: int = 1,
     method: str = "jvp",
     with_error: bool = False,
-):
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """ESTIMATE of ‖J(x_i)‖²_F by random probes: unbiased, not exact (below min(k, d) probes).
 
     Methods (p = num_probes; products per example in `PRODUCTS`):
@@ -242,7 +242,8 @@ class EstimatorReport:
 
 def _forward_macs(fn: Callable, x0: jax.Array) -> int:
     try:
-        flops = jax.jit(fn).lower(x0).compile().cost_analysis().get("flops", 0.0)
+        analysis = jax.jit(fn).lower(x0).compile().cost_analysis()
+        flops = analysis.get("flops", 0.0)  # type: ignore[union-attr]  # None: caught below
     except Exception:  # noqa: BLE001 - a backend without cost analysis: cost unknown
         return 0
     return max(int(flops // 2), 1)

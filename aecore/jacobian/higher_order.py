@@ -231,12 +231,12 @@ def _chain_hessian(layers: Layers, gram: jax.Array, xi: jax.Array) -> jax.Array:
     slopes = [layers.slope(l, a) for l, a in enumerate(pres)]
     curv = [layers.curvature(l, a) for l, a in enumerate(pres)]
     ng = [gram]  # N_l G
-    n = [None]  # N_l (N_1 = I, never formed)
+    n: list[jax.Array | None] = [None]  # N_l (N_1 = I, never formed)
     for l, w in enumerate(layers.inner, start=1):
-        n.append(
-            w * slopes[l - 1][None, :] if n[-1] is None else w @ (slopes[l - 1][:, None] * n[-1])
-        )
-        ng.append(n[-1] @ gram)
+        prev = n[-1]
+        n_l = w * slopes[l - 1][None, :] if prev is None else w @ (slopes[l - 1][:, None] * prev)
+        n.append(n_l)
+        ng.append(n_l @ gram)
     last = layers.out if layers.out is not None else jnp.eye(pres[-1].shape[0], dtype=xi.dtype)
     u = [last]  # ∂h/∂s_l, built from the code side
     for l in range(layers.depth - 1, 0, -1):
@@ -245,7 +245,8 @@ def _chain_hessian(layers: Layers, gram: jax.Array, xi: jax.Array) -> jax.Array:
     total = jnp.zeros((), xi.dtype)
     for l in range(layers.depth):
         for m in range(l, layers.depth):
-            p = ng[l] if n[m] is None else ng[l] @ n[m].T  # [n_l, n_m]
+            n_m = n[m]
+            p = ng[l] if n_m is None else ng[l] @ n_m.T  # [n_l, n_m]
             term = jnp.sum((c[l] @ p**2) * c[m])
             total = total + (term if m == l else 2 * term)
     return total
@@ -295,6 +296,7 @@ def hessian_frobenius_sq(
     _check("hessian_frobenius_sq", x)
     route, layers = hessian_route(fn, x, mode)
     if route == "closed_form":
+        assert isinstance(layers, Layers) and layers.row_norms is not None  # hessian_route
         rn2 = layers.row_norms**2
 
         def one(xi):
@@ -302,6 +304,7 @@ def hessian_frobenius_sq(
             return layers.curvature(0, a) ** 2 @ rn2
 
     elif route == "chain":
+        assert isinstance(layers, Layers) and layers.first is not None  # hessian_route
         gram = layers.first @ layers.first.T  # [n_1, n_1], once per batch
 
         def one(xi):

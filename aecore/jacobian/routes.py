@@ -6,6 +6,7 @@ constants are computed once, outside the example vmap.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -173,6 +174,12 @@ class Context:
     def dtype(self, i: int):
         return self.avals[i].dtype
 
+    def the_chain(self) -> Chain:
+        """The chain, for the chain routes (a peel's or blocks' context has none)."""
+        if self.chain is None:
+            raise ValueError("a chain route was asked of a function that is not a chain")
+        return self.chain
+
 
 def _flat_linear(ctx: Context, block: Block):
     def f(v):
@@ -200,17 +207,17 @@ def pull(ctx: Context, block: Block, rows: jax.Array) -> jax.Array:
     faster (a convolution): then equation by equation, from the last.
     """
     rows = rows.astype(ctx.dtype(block.dst))
-    if all(type(rules.rule_for(op)).pull is rules.Rule.pull for op in block.ops):
+    if all(type(rules.linear_rule(op)).pull is rules.Rule.pull for op in block.ops):
         zero = jnp.zeros(_size(block.in_shape), ctx.dtype(block.src))
         _, vjp = jax.vjp(_flat_linear(ctx, block), zero)
         return jax.vmap(lambda r: vjp(r)[0])(rows)
     rows = rows.reshape(rows.shape[0], *block.out_shape)
     for op in reversed(block.ops):
         vals = [v.value if isinstance(v, trace.Lit) else ctx.env.get(v) for v in op.ins]
-        rule, d = rules.rule_for(op), op.dep[0]
+        rule, d = rules.linear_rule(op), op.dep[0]
         pulled = rule.pull(op, vals, rows)
         if pulled is None:
-            aval = op.eqn.invars[d].aval
+            aval: Any = op.eqn.invars[d].aval
 
             def lin(v, op=op, vals=vals, rule=rule, d=d):
                 return rule.linear_part(op, [v if i == d else u for i, u in enumerate(vals)])
@@ -234,7 +241,8 @@ def row_norms(ctx: Context, block: Block) -> jax.Array:
 def diagonals(ctx: Context, xi: jax.Array) -> list[jax.Array]:
     """g'(a) of every elementwise segment for one example, each flattened: a jvp with ones."""
     val, out = xi, []
-    for lin, seg in zip(ctx.chain.linear, ctx.chain.segments, strict=False):
+    chain = ctx.the_chain()
+    for lin, seg in zip(chain.linear, chain.segments, strict=False):
         a = trace.run(lin.ops, ctx.env, lin.src, val)
 
         def seg_fn(v, seg=seg):
@@ -247,7 +255,7 @@ def diagonals(ctx: Context, xi: jax.Array) -> list[jax.Array]:
 
 def code_side(ctx: Context, ds: list[jax.Array], mats: dict) -> jax.Array:
     """M = A_L D_L A_{L−1} ⋯ A_1 D_1 for one example, [k, n_1], chained from the code side."""
-    lin, n_l = ctx.chain.linear, len(ds)
+    lin, n_l = ctx.the_chain().linear, len(ds)
     if lin[-1].isometric:  # a permutation of the code: ‖·‖_F does not see it
         if n_l == 1:
             return jnp.diag(ds[0])
@@ -263,7 +271,8 @@ def code_side(ctx: Context, ds: list[jax.Array], mats: dict) -> jax.Array:
 
 
 def chain_matrices(ctx: Context) -> dict[int, jax.Array]:
-    lin, n_l = ctx.chain.linear, len(ctx.chain.segments)
+    chain = ctx.the_chain()
+    lin, n_l = chain.linear, len(chain.segments)
     if lin[-1].isometric:
         return {n_l - 1: matrix(ctx, lin[n_l - 1])} if n_l > 1 else {}
     return {n_l: matrix(ctx, lin[n_l])}
@@ -271,7 +280,7 @@ def chain_matrices(ctx: Context) -> dict[int, jax.Array]:
 
 def final_step(ctx: Context, m: jax.Array, product: str, per_batch: dict) -> jax.Array:
     """‖M A_0‖²_F per example for M [B, k, n_1]: by the Gram matrix of A_0 or directly."""
-    first = ctx.chain.linear[0]
+    first = ctx.the_chain().linear[0]
     if first.isometric:
         return jnp.sum(m**2, axis=(1, 2))
     if product == "gram":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.extend as jex
@@ -32,7 +33,7 @@ class Lit:
 class Op:
     """One flattened equation: ints name values, `Lit` holds literals."""
 
-    eqn: object
+    eqn: jex.core.JaxprEqn
     ins: tuple
     outs: tuple[int, ...]
     where: str  # enclosing jit names, for `explain`
@@ -61,8 +62,8 @@ class Program:
     """A jaxpr flattened through jit calls: input 0 is the example, consts hold parameters."""
 
     ops: list[Op]
-    consts: dict[int, object]
-    avals: dict[int, object]
+    consts: dict[int, Any]
+    avals: dict[int, Any]
     out: int | Lit
 
 
@@ -139,13 +140,13 @@ class Block:
 
     @property
     def isometric(self) -> bool:
-        return self.kind == "linear" and all(rules.rule_for(op).isometric(op) for op in self.ops)
+        return self.kind == "linear" and all(rules.linear_rule(op).isometric(op) for op in self.ops)
 
     def describe(self) -> str:
         if self.kind == "elementwise":
             return "+".join(dict.fromkeys(elementwise.label(op) for op in self.ops))
-        parts = [rules.rule_for(op).label(op) for op in self.ops]
-        parts = [p for p in parts if p]
+        labels = [rules.linear_rule(op).label(op) for op in self.ops]
+        parts = [p for p in labels if p]
         return " · ".join(parts) or ("reshape" if self.isometric else "linear")
 
 
@@ -201,8 +202,10 @@ class Live:
         block_ops = []
         while cur != self.program.out:
             users = self.uses.get(cur, [])
-            op = self.ops[users[0]] if users else None
-            if len(users) != 1 or not rules.is_linear(op) or op.ins[op.dep[0]] != cur:
+            if len(users) != 1:
+                break
+            op = self.ops[users[0]]
+            if not rules.is_linear(op) or op.ins[op.dep[0]] != cur:
                 break
             block_ops.append(op)
             cur = op.outs[0]
@@ -270,7 +273,8 @@ def _segment(lv: Live, cur: int) -> Block:
 def analyse(program: Program) -> Chain:
     """The chain structure of `program`, or NotAChain naming the equation that stops it."""
     lv = live(program)
-    linear, segments = [], []
+    linear: list[Block] = []
+    segments: list[Block] = []
     cur = 0
     while True:
         block_ops, end = lv.linear_from(cur)
@@ -449,7 +453,7 @@ def run(ops: list[Op], env: dict, src: int, value, *, linear_part: bool = False,
     for op in ops:
         vals = [read(v) for v in op.ins]
         if linear_part:
-            local[op.outs[0]] = last = rules.rule_for(op).linear_part(op, vals)
+            local[op.outs[0]] = last = rules.linear_rule(op).linear_part(op, vals)
             continue
         outs = op.bind(vals)
         for o, val in zip(op.outs, outs, strict=True):
@@ -477,7 +481,7 @@ def dense_matrix(block: Block, env: dict):
     return None if op is None else rules.dense.RULE.matrix(op, env)
 
 
-def row_norms_sq(block: Block, env: dict, in_shape, dtype) -> object | None:
+def row_norms_sq(block: Block, env: dict, in_shape, dtype) -> jax.Array | None:
     """Squared row norms of the block's linear map, in its output shape, or None.
 
     Propagated from the identity at x: while the rows have disjoint supports (the map only
@@ -489,7 +493,7 @@ def row_norms_sq(block: Block, env: dict, in_shape, dtype) -> object | None:
     rn_env: dict[int, object] = {block.src: last}
     for op in block.ops:
         vals = [v.value if isinstance(v, Lit) else rn_env.get(v, env.get(v)) for v in op.ins]
-        step = rules.rule_for(op).row_norms(op, vals, disjoint)
+        step = rules.linear_rule(op).row_norms(op, vals, disjoint)
         if step is None:
             return None
         last, disjoint = step

@@ -43,7 +43,8 @@ class _ArrayBatches:
     def __init__(self, x: np.ndarray, batch_size: int, seed: int):
         self.x, self.batch_size, self.seed = x, batch_size, seed
         self.per_epoch = x.shape[0] // batch_size
-        self._epoch, self._order = None, None
+        self._epoch: int | None = None
+        self._order = np.empty(0, np.int64)  # the order of epoch `_epoch`
 
     def _order_of(self, step: int) -> np.ndarray:
         epoch = step // self.per_epoch
@@ -71,10 +72,6 @@ class _Rows:
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         return self.x[self.idx[key[0]]][(slice(None), *key[1:])]
-
-
-def _is_array(data) -> bool:
-    return hasattr(data, "shape") and hasattr(data, "dtype") and not callable(data)
 
 
 def _is_array(data) -> bool:
@@ -155,7 +152,9 @@ class BatchSource:
             )
         models.check_protocol(model, example.shape[1:], example.dtype)
 
-    def steps(self, start: int, stop: int, model, x_test) -> Iterator[tuple[int, np.ndarray]]:
+    def steps(
+        self, start: int, stop: int, model, x_test
+    ) -> Iterator[tuple[int, np.ndarray | _Rows]]:
         """(step, host batch) from `start` up to `stop`; an iterable's first batch is checked now.
 
         An iterable that runs out ends the steps early. In data-parallel runs an array's batch

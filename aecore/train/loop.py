@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import optax
 import tqdm
 
 from aecore import distributed
+from aecore.models import Model
 from aecore.objective import Objective
 from aecore.train.batches import BatchSource, Placement
 from aecore.train.rundir import RunWriter
@@ -48,7 +50,7 @@ class _StopSignals:
 
     def __init__(self):
         self.received: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -104,7 +106,8 @@ class _EarlyStopping:
 
     def __init__(self, patience: int):
         self.patience, self.waited = patience, 0
-        self.loss, self.step, self.state = float("inf"), None, None
+        self.loss, self.state = float("inf"), None
+        self.step: int | None = None
 
     def update(self, record: dict[str, float], state) -> None:
         """Takes one logged record; those with an `eval_reconstruction` count."""
@@ -112,7 +115,7 @@ class _EarlyStopping:
             return
         loss = record["eval_reconstruction"]
         if loss < self.loss:  # donate=False in `fit`: the held arrays stay valid
-            self.loss, self.step, self.state, self.waited = loss, record["step"], state, 0
+            self.loss, self.step, self.state, self.waited = loss, int(record["step"]), state, 0
         else:
             self.waited += 1
 
@@ -178,9 +181,9 @@ def _publish(record: dict[str, float], history: list[dict], out: RunWriter, bar)
 
 
 def fit(
-    model,
+    model: Model,
     objective: Objective,
-    x_train,
+    x_train: np.ndarray | jax.Array | Iterable | Callable[[int], Iterable],
     *,
     config: TrainConfig,
     optimizer: optax.GradientTransformation | None = None,

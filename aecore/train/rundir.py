@@ -130,7 +130,8 @@ class RunWriter:
         # Only what the caller asks for: a run's config lives once, beside its checkpoints
         # (aecore.run writes WORKDIR/config.json), not again in every step.
         self._config = config or {}
-        self._ckpt = self._tb = None
+        self._ckpt: Any = None  # the run's Checkpointer, when there is a run
+        self._tb: Any = None  # its TensorBoard writer, opened at the first record
         if self.run is not None:
             os.makedirs(self.run.path, exist_ok=True)
             self._ckpt = self.run.checkpointer(max_to_keep=keep)

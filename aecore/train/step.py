@@ -29,7 +29,7 @@ def _check_optimizer(optimizer) -> None:
         )
 
 
-def init_optimizer(optimizer: optax.GradientTransformation, model):
+def init_optimizer(optimizer: optax.GradientTransformation, model: models.Model) -> optax.OptState:
     """The optimizer state for `model`'s `nnx.Param` state (what the train step updates)."""
     _check_optimizer(optimizer)
     return optimizer.init(nnx.state(model, nnx.Param))
@@ -200,12 +200,12 @@ def make_eval_step(objective: Objective) -> Callable:
 
 
 def evaluate_reconstruction(
-    model,
+    model: models.Model,
     x: np.ndarray,
     objective: Objective,
     *,
     batch_size: int = 512,
-    eval_step=None,
+    eval_step: Callable | None = None,
     place: Callable | None = None,
 ) -> float:
     """Mean reconstruction loss of the clean inputs x [N, *input_shape] (no corruption).
