@@ -1,5 +1,6 @@
 """Quick modes of the sparse, denoising, classifier and applications experiments, run in-process
-on offline scikit-learn digits (never the shared MNIST subset), with the claims that hold there.
+on offline scikit-learn digits (never the MNIST subset of experiments/data), with the claims
+that hold there.
 """
 
 from __future__ import annotations

@@ -133,6 +133,12 @@ def test_higher_order_matches_explicit_jacobian_differences(x64):
             "-3.0",
         ),
         (lambda: regularizers.contractive(lambda v: v, jnp.ones((2, 2)), weight=-0.1), "-0.1"),
+        (  # the Monte-Carlo form draws its corruptions from the key
+            lambda: regularizers.contractive_higher_order(
+                jnp.tanh, jnp.ones((2, 3)), None, weight=1.0, sigma=0.1
+            ),
+            "needs a key, got None",
+        ),
         (
             lambda: regularizers.corrupt(jax.random.key(0), jnp.ones(2), kind="salt", level=0.1),
             "'salt'",
