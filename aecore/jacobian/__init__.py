@@ -21,7 +21,11 @@ import numpy as np
 
 from aecore import _checks
 from aecore.jacobian import blocks, estimate, routes, trace
-from aecore.jacobian.estimate import ESTIMATOR_METHODS, frobenius_sq_estimate
+from aecore.jacobian.estimate import (
+    ESTIMATOR_METHODS,
+    frobenius_sq_estimate,
+    frobenius_sq_interval,
+)
 from aecore.jacobian.higher_order import (
     frobenius_sq_diff,
     frobenius_sq_diff_expected,
@@ -40,6 +44,7 @@ __all__ = [
     "frobenius_sq_diff",
     "frobenius_sq_diff_expected",
     "frobenius_sq_estimate",
+    "frobenius_sq_interval",
     "hessian_frobenius_sq",
     "jacobian",
 ]

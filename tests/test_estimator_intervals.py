@@ -1,0 +1,193 @@
+"""Calibrated intervals for ‖J‖²_F estimates (`jacobian.frobenius_sq_interval`): coverage at 95%
+on user-written linear maps x -> A x of set spectra, and the standard errors behind them.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from matfree import stochtrace
+from scipy import stats
+
+from aecore import Objective, jacobian, make_autoencoder, models, objective_terms
+from aecore.jacobian import estimate
+
+K, D = 40, 48  # code and input sizes: min(k, d) = 40 > 32 probes, so no method is exact
+INTERVALS = 500  # per (method, probes, spectrum) cell
+
+
+def _spectra() -> dict[str, np.ndarray]:
+    """Singular values of A: ‖A‖²_F = Σ s², tr(AᵀA)²/‖AᵀA‖²_F from 1 (rank one) to K (flat)."""
+    i = np.arange(K)
+    return {
+        "flat": np.ones(K),
+        "decaying": 0.85**i,
+        "rank one": (i == 0) * 1.0,
+        "rank two + noise": np.where(i == 0, 1.0, np.where(i == 1, 0.7, 0.1)),
+    }
+
+
+def _matrix(s: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.normal(size=(K, K)))[0]
+    v = np.linalg.qr(rng.normal(size=(D, D)))[0]
+    return (u * s) @ v[:K]
+
+
+def coverage_and_width(method: str, probes: int, intervals: int = INTERVALS):
+    """Per spectrum: (coverage, mean width / truth) of `intervals` 95% intervals, in one jit for
+    all spectra (the matrix is an argument). One interval per step of a lax.map, so that no
+    batched eigh/QR is large enough for jaxlib to split over XLA:CPU's thread pool (seen to
+    deadlock on 2 cores)."""
+    spectra = _spectra()
+    mats = np.stack([_matrix(s) for s in spectra.values()])
+    truth = np.array([np.sum(s**2) for s in spectra.values()])[:, None]
+    keys = jax.random.split(jax.random.key(probes), (len(spectra), intervals))
+
+    def one(args):
+        a, key = args
+        low, high = jacobian.frobenius_sq_interval(
+            lambda xi: a @ xi, jnp.zeros((1, D), a.dtype), key, num_probes=probes, method=method
+        )
+        return low[0], high[0]
+
+    a = jnp.repeat(jnp.asarray(mats), intervals, axis=0)
+    low, high = jax.jit(lambda a, k: jax.lax.map(one, (a, k)))(a, keys.reshape(-1))
+    low, high = (np.asarray(v).reshape(len(spectra), intervals) for v in (low, high))
+    covered = np.mean((low <= truth) & (truth <= high), axis=1)
+    width = np.mean(high - low, axis=1) / truth[:, 0]
+    return dict(zip(spectra, covered, strict=True)), dict(zip(spectra, width, strict=True))
+
+
+# Exact cells: Hutch++'s sketch holds a rank-one A whole; XTrace is exact at rank one and, by its
+# resphering, for a flat spectrum. There the interval is the value ± rounding and always covers.
+EXACT = {"hutch++": {"rank one"}, "xtrace": {"rank one", "flat"}}
+# XTrace's jackknife errs wide (Efron & Stein 1981): over-coverage is allowed, not under.
+HIGH = {"jvp": 0.99, "vjp": 0.99, "hutch++": 0.99, "xtrace": 1.0}
+
+
+@pytest.mark.parametrize("probes", [4, 8, 16, 32])
+@pytest.mark.parametrize("method", estimate.ESTIMATOR_METHODS)
+def test_intervals_cover_at_their_level(x64, method, probes):
+    coverage, width = coverage_and_width(method, probes)
+    for spectrum, c in coverage.items():
+        if spectrum in EXACT.get(method, ()):
+            assert c == 1.0 and width[spectrum] < 1e-9, (spectrum, c, width[spectrum])
+        else:
+            assert 0.92 <= c <= HIGH[method], (spectrum, c, width[spectrum])
+
+
+def test_chi2_quantile_table_matches_scipy(x64):
+    nu = jnp.asarray([4.0, 4.5, 17.3, 100.0, 640.0], jnp.float64)
+    for q in (0.025, 0.975):
+        got = estimate._chi2_quantile(nu, q, 4, 640)
+        np.testing.assert_allclose(got, stats.chi2.ppf(q, np.asarray(nu)), rtol=1e-4)
+
+
+def test_off_diagonal_gram_is_unbiased_for_frobenius_sq_of_jtj(x64):
+    """With Y = J Ω, the mean over i < j of (YᵀY)²_ij estimates ‖JᵀJ‖²_F (ν's denominator)."""
+    a = jnp.asarray(_matrix(_spectra()["decaying"]))
+    omega = jax.random.normal(jax.random.key(0), (5_000, D, 4), jnp.float64)
+    gram = jnp.einsum("tdi,tdj->tij", a @ omega, a @ omega)
+    off = np.asarray(gram[:, np.triu_indices(4, 1)[0], np.triu_indices(4, 1)[1]] ** 2).mean(1)
+    truth = float(jnp.sum((a.T @ a) ** 2))
+    assert abs(off.mean() - truth) < 3 * off.std(ddof=1) / np.sqrt(off.size), (off.mean(), truth)
+
+
+class _UserEncoder(nnx.Module):
+    """A user's own two-layer nnx encoder, 12 -> 10 -> 8."""
+
+    def __init__(self, rngs):
+        self.l1 = nnx.Linear(12, 10, rngs=rngs, param_dtype=jnp.float64)
+        self.l2 = nnx.Linear(10, 8, rngs=rngs, param_dtype=jnp.float64)
+
+    def __call__(self, x):
+        return jnp.tanh(self.l2(jnp.tanh(self.l1(x))))
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("method", estimate.ESTIMATOR_METHODS)
+def test_interval_surrounds_the_estimate_and_the_truth(x64, method):
+    encoder = _UserEncoder(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, 12), jnp.float64)
+    key = jax.random.key(2)
+    low, high = jacobian.frobenius_sq_interval(
+        encoder, x, key, num_probes=6, method=method, level=0.999
+    )
+    est = jacobian.frobenius_sq_estimate(encoder, x, key, num_probes=6, method=method)
+    exact = jacobian.frobenius_sq(encoder, x, mode="jacrev")
+    assert np.all((low <= est) & (est <= high) & (low >= 0)), (low, est, high)
+    assert np.all((low <= exact) & (exact <= high)), (low, exact, high)
+
+
+@pytest.mark.fast
+def test_refuses_where_no_interval_is_calibrated(x64):
+    fn = lambda v: jnp.tanh(v[:4])  # noqa: E731
+    x = jnp.ones((2, 6), jnp.float64)
+    for method, fewest in estimate.INTERVAL_MIN_PROBES.items():
+        with pytest.raises(ValueError, match=f"num_probes >= {fewest} for method '{method}'"):
+            jacobian.frobenius_sq_interval(
+                fn, x, jax.random.key(0), num_probes=fewest - 1, method=method
+            )
+    with pytest.raises(ValueError, match="level"):
+        jacobian.frobenius_sq_interval(
+            fn, x, jax.random.key(0), num_probes=4, method="jvp", level=1.0
+        )
+
+
+@pytest.mark.fast
+def test_hutchinson_standard_error_uses_ddof_1(x64):
+    """The same Gaussian probes drawn by hand: SE = s.d.(ddof=1)/√p, √(p/(p−1)) above matfree's."""
+    a = jnp.asarray(_matrix(_spectra()["decaying"]))
+    x, key, p = jnp.zeros((2, D), jnp.float64), jax.random.key(3), 4
+    _, se = jacobian.frobenius_sq_estimate(
+        lambda v: a @ v, x, key, num_probes=p, method="jvp", with_error=True
+    )
+    for i, ki in enumerate(jax.random.split(key, 2)):
+        v = jax.random.normal(ki, (p, D), jnp.float64)
+        values = np.sum(np.asarray(v @ a.T) ** 2, axis=1)
+        np.testing.assert_allclose(se[i], values.std(ddof=1) / np.sqrt(p), rtol=1e-12)
+        np.testing.assert_allclose(se[i], values.std() / np.sqrt(p) * np.sqrt(p / (p - 1)))
+
+
+@pytest.mark.fast
+def test_xtrace_standard_error_is_the_jackknife_over_probes(x64):
+    """Against matfree's own XNysTrace (its `nystrom_eigh`, the matrix applied afresh) on each
+    leave-one-probe-out set of the same test vectors."""
+    a = jnp.asarray(_matrix(_spectra()["rank two + noise"]))
+    x, key, p = jnp.zeros((1, D), jnp.float64), jax.random.key(4), 6
+    est, se = jacobian.frobenius_sq_estimate(
+        lambda v: a @ v, x, key, num_probes=p, method="xtrace", with_error=True
+    )
+    omega = stochtrace.sampler_normal(jnp.zeros((K,), jnp.float64), num=p)(
+        jax.random.split(key, 1)[0]
+    )
+    integrand = stochtrace.leave_one_out_xnystrace()
+    with jax.numpy_rank_promotion("allow"):
+        matvec = lambda u: a @ (a.T @ u)  # noqa: E731
+        full = float(jnp.mean(integrand(matvec, omega)))
+        loo = np.array(
+            [float(jnp.mean(integrand(matvec, np.delete(omega, j, 0)))) for j in range(p)]
+        )
+    np.testing.assert_allclose(est[0], full, rtol=1e-10)
+    jackknife = np.sqrt((p - 1) / p * np.sum((loo - loo.mean()) ** 2))
+    np.testing.assert_allclose(se[0], jackknife, rtol=1e-8)
+
+
+def test_training_logs_the_corrected_relative_error():
+    """`contractive_rel_error` with XTrace is the jackknife-based relative error of the term's
+    own estimate (the leave-one-out s.d. it logged before was about half of it)."""
+    model = make_autoencoder((4, 4, 1), hidden=(8,), key=0)
+    x = jax.random.uniform(jax.random.key(0), (6, 4, 4, 1))
+    obj = Objective(contractive=0.1, contractive_probes=3, contractive_estimator="xtrace")
+    key = jax.random.key(1)
+    _, terms = jax.jit(objective_terms, static_argnums=3)(model, x, key, obj)
+    position = [t.name for t in obj.terms()].index("contractive")
+    term_key = jax.random.fold_in(jax.random.split(key)[1], position)
+    est, se = jacobian.frobenius_sq_estimate(
+        models.eval_mode(model).encode, x, term_key, num_probes=3, method="xtrace", with_error=True
+    )
+    np.testing.assert_allclose(
+        terms["contractive_rel_error"], estimate.relative_error(est, se), rtol=1e-4
+    )
