@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from aecore import Objective, jacobian, make_autoencoder, objective_terms
+from aecore import Objective, jacobian, make_autoencoder, models, objective_terms
 from aecore.jacobian import estimate
 
 TRIALS = 400
@@ -151,6 +151,17 @@ def test_objective_logs_the_estimated_relative_error(method):
     assert set(terms) == {"reconstruction", "contractive", "contractive_rel_error"}
     np.testing.assert_allclose(total, terms["reconstruction"] + terms["contractive"], rtol=1e-6)
     assert 0 < float(terms["contractive_rel_error"]) < 1
+    # The logged value is the term's own estimate's (ddof=1; XTrace: jackknife) relative error.
+    position = [t.name for t in obj.terms()].index("contractive")
+    term_key = jax.random.fold_in(jax.random.split(jax.random.key(1))[1], position)
+    est, se = jax.jit(
+        lambda key: jacobian.frobenius_sq_estimate(
+            models.eval_mode(model).encode, x, key, num_probes=3, method=method, with_error=True
+        )
+    )(term_key)
+    np.testing.assert_allclose(
+        terms["contractive_rel_error"], estimate.relative_error(est, se), rtol=1e-4
+    )
     one_probe = Objective(contractive=0.1, contractive_probes=1)
     _, terms = jax.jit(objective_terms, static_argnums=3)(model, x, jax.random.key(1), one_probe)
     assert "contractive_rel_error" not in terms  # no standard error from one probe

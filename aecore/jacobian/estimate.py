@@ -256,33 +256,36 @@ def _chi2_quantile(nu: jax.Array, q: float, nu_min: int, nu_max: int) -> jax.Arr
     return jnp.exp(jnp.interp(log_nu, jnp.asarray(np.log(grid), nu.dtype), table.astype(nu.dtype)))
 
 
-def _hutchinson_interval(rows: jax.Array, rank: int, level: float):
+def _hutchinson_interval(rows: jax.Array, rank: int, level: float, *, hull: bool):
     """(low, high) for tr A from Gaussian-probe rows y_i [r, m] with y_iᵀy_j = ω_iᵀ A ω_j.
 
-    The mean T of the probe values ω_iᵀAω_i is tr A/ν times a weighted sum of χ²₁ terms;
+    The mean T of the probe values ω_iᵀAω_i is tr A times a weighted mean of χ²₁ terms;
     Satterthwaite (1946): T ≈ tr A · χ²_ν/ν with ν = r tr²/‖A‖²_F, so [νT/χ²_ν(1 − α/2),
-    νT/χ²_ν(α/2)]. ‖A‖²_F = E[(ω_iᵀAω_j)²] for i ≠ j: the mean of the squared off-diagonal
-    Gram entries is unbiased for it from the same products. ν̂ is clipped to [r, r·rank]
-    (the bounds every PSD spectrum of that rank obeys) and the interval is the hull with
-    Student's T ± t_{r−1}(1 − α/2)·se, which holds where ν̂ is poor.
+    νT/χ²_ν(α/2)]. ‖A‖²_F has two unbiased estimates from the same products: the mean of the
+    squared off-diagonal Gram entries (E[(ω_iᵀAω_j)²] = ‖A‖²_F for i ≠ j) and half the sample
+    variance of the probe values (Var ω_iᵀAω_i = 2‖A‖²_F); the larger is used (a smaller ν, a
+    wider interval: the estimate misses a spike exactly when both are low). ν̂ is clipped to
+    [r, r·rank], the range of r·tr²/‖A‖²_F over PSD spectra of that rank. With `hull`, the
+    hull with Student's T ± t_{r−1}(1 − α/2)·se (Hutch++'s few residual probes need it).
     """
-    from scipy import stats  # noqa: PLC0415
-
     r = rows.shape[0]
     alpha = 1.0 - level
     gram = rows @ rows.T  # [r, r]
     values = jnp.diagonal(gram)
     mean, se = _mean_se(values)
     off = jnp.sum(jnp.triu(gram, 1) ** 2) / (r * (r - 1) / 2)
+    frob_sq = jnp.maximum(off, jnp.var(values, ddof=1) / 2)
     # E[T²] = tr² + 2‖A‖²_F/r: r·T²/‖A‖²_F − 2 is the plug-in ν with tr² estimated unbiasedly.
-    nu = jnp.clip(r * mean**2 / jnp.where(off > 0, off, 1.0) - 2, r, r * rank)
-    nu = jnp.where(off > 0, nu, r * rank)
-    chi_lo = _chi2_quantile(nu, alpha / 2, r, r * rank)
-    chi_hi = _chi2_quantile(nu, 1 - alpha / 2, r, r * rank)
+    nu = jnp.clip(r * mean**2 / jnp.where(frob_sq > 0, frob_sq, 1.0) - 2, r, r * rank)
+    nu = jnp.where(frob_sq > 0, nu, r * rank)
+    low = nu * mean / _chi2_quantile(nu, 1 - alpha / 2, r, r * rank)
+    high = nu * mean / _chi2_quantile(nu, alpha / 2, r, r * rank)
+    if not hull:
+        return low, high
+    from scipy import stats  # noqa: PLC0415
+
     half = float(stats.t.ppf(1 - alpha / 2, r - 1)) * se
-    return jnp.minimum(nu * mean / chi_hi, mean - half), jnp.maximum(
-        nu * mean / chi_lo, mean + half
-    )
+    return jnp.minimum(low, mean - half), jnp.maximum(high, mean + half)
 
 
 def frobenius_sq_interval(
@@ -299,11 +302,10 @@ def frobenius_sq_interval(
     the interval surrounds that estimate).
 
     Constructions (A = JᵀJ or J Jᵀ, tr A = ‖J‖²_F; probes are Gaussian):
-      "jvp"/"vjp" (Hutchinson 1990): the hull of a Satterthwaite (1946) χ² interval, its ν
-        from the off-diagonal of the probes' Gram matrix, and the Student-t interval
-        (`_hutchinson_interval`);
-      "hutch++" (Meyer, Musco, Musco & Woodruff 2021): the exact sketched part plus that
-        interval for its r = p − ⌊p/2⌋ residual probes;
+      "jvp"/"vjp" (Hutchinson 1990): a Satterthwaite (1946) χ² interval, its ν estimated
+        from the probes' Gram matrix (`_hutchinson_interval`);
+      "hutch++" (Meyer, Musco, Musco & Woodruff 2021): the exact sketched part plus, for its
+        r = p − ⌊p/2⌋ residual probes, the hull of that interval and the Student-t one;
       "xtrace" (Epperly, Tropp & Webber 2024): estimate ± t_{p−1}(1 − α/2)·jackknife SE over
         the probes (Efron & Stein 1981: the jackknife variance errs high, so from 8 probes
         this errs wide; the normal quantile under-covered at 4 probes, 0.89–0.91).
@@ -344,10 +346,11 @@ def frobenius_sq_interval(
             est = _exact(fn, xi, k, d)
             return est, est
         if method in ("jvp", "vjp"):
-            return _hutchinson_interval(_hutchinson_rows(fn, xi, ki, p, method), n, level)
+            rows = _hutchinson_rows(fn, xi, ki, p, method)
+            return _hutchinson_interval(rows, n, level, hull=False)
         if method == "hutch++":
             exact_part, rows = _hutch_pp_parts(fn, xi, ki, p)
-            low, high = _hutchinson_interval(rows, min(k, d - p // 2), level)
+            low, high = _hutchinson_interval(rows, min(k, d - p // 2), level, hull=True)
             return exact_part + low, exact_part + high
         omega, y = _xtrace_products(fn, xi, ki, p, k, d)
         est = jnp.mean(_xnystrace_loo(omega, y))
