@@ -357,7 +357,8 @@ def explain(fn: Callable, x: jax.Array, *, num_probes: int | None = None) -> Exp
       x: batch [B, *input_shape] (only its shape and dtype matter, unless num_probes is set).
       num_probes: also list each estimator of `frobenius_sq_estimate` at this many probes:
         its cost and its relative s.d., measured on the first examples of x
-        (`estimate.estimator_reports`).
+        (`estimate.estimator_reports`), and the coverage its `frobenius_sq_interval` reached
+        at nominal 95% in tests (`estimate.INTERVAL_COVERAGE`).
 
     Returns:
       An `Explanation`; `print` it for a readable report.

@@ -423,6 +423,16 @@ def estimator_reports(
     return reports
 
 
+# Measured coverage of `frobenius_sq_interval` at nominal 95% (500 intervals per cell, 4
+# spectra, p = 4-32, float64; tests/test_estimator_intervals.py, docs/engine/estimators.md).
+INTERVAL_COVERAGE = {
+    "jvp": "92.4-98.2%",
+    "vjp": "92.0-97.2%",
+    "hutch++": "91.6-99.6%",
+    "xtrace": "94.0-100%",
+}
+
+
 def describe_reports(reports: dict[str, EstimatorReport]) -> str:
     lines = ["estimates (relative s.d. per example, measured over probe draws):"]
     for method, r in reports.items():
@@ -430,4 +440,8 @@ def describe_reports(reports: dict[str, EstimatorReport]) -> str:
             f"  {method:<18} {r.macs / 1e6:>12.2f} M multiply-adds  "
             f"({r.products} products/example)  rel. s.d. {100 * r.relative_sd:.1f}%"
         )
+    lines.append(
+        "95% intervals (jacobian.frobenius_sq_interval) covered, measured: "
+        + ", ".join(f"{m} {c}" for m, c in INTERVAL_COVERAGE.items() if m in reports)
+    )
     return "\n".join(lines)
