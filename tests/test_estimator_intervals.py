@@ -74,7 +74,7 @@ BOUNDS = {"jvp": (0.92, 0.99), "vjp": (0.92, 0.99), "hutch++": (0.9, 1.0), "xtra
 # XTrace's jackknife costs p XNysTraces per interval: at 16 and 32 probes 18 s and 181 s here
 # (2 loaded cores), so those cells are measured by `coverage_and_width` for the docs, not run.
 CELLS = [(m, p) for m in ("jvp", "hutch++") for p in (4, 8, 16, 32)]
-CELLS += [("vjp", 4), ("vjp", 32), ("xtrace", 4), ("xtrace", 8)]
+CELLS += [("vjp", 4), ("xtrace", 4), ("xtrace", 8)]  # vjp: jvp's interval on its own rows
 
 
 @pytest.mark.parametrize(("method", "probes"), CELLS)
@@ -98,7 +98,7 @@ def test_chi2_quantile_table_matches_scipy(x64):
 def test_off_diagonal_gram_is_unbiased_for_frobenius_sq_of_jtj(x64):
     """With Y = J Ω, the mean over i < j of (YᵀY)²_ij estimates ‖JᵀJ‖²_F (ν's denominator)."""
     a = jnp.asarray(_matrix(_spectra()["decaying"]))
-    omega = jax.random.normal(jax.random.key(0), (5_000, D, 4), jnp.float64)
+    omega = jax.random.normal(jax.random.key(0), (2_000, D, 4), jnp.float64)
     gram = jnp.einsum("tdi,tdj->tij", a @ omega, a @ omega)
     off = np.asarray(gram[:, np.triu_indices(4, 1)[0], np.triu_indices(4, 1)[1]] ** 2).mean(1)
     truth = float(jnp.sum((a.T @ a) ** 2))
@@ -197,3 +197,14 @@ def test_xtrace_standard_error_is_the_jackknife_over_probes(x64):
     np.testing.assert_allclose(est[0], full, rtol=1e-10)
     jackknife = np.sqrt((p - 1) / p * np.sum((loo - loo.mean()) ** 2))
     np.testing.assert_allclose(se[0], jackknife, rtol=1e-8)
+
+
+if (
+    __name__ == "__main__"
+):  # docs/engine/estimators.md's table: python tests/test_estimator_intervals.py
+    jax.config.update("jax_enable_x64", True)
+    for method in estimate.ESTIMATOR_METHODS:
+        for probes in (4, 8, 16, 32):
+            coverage, width = coverage_and_width(method, probes)
+            cells = " | ".join(f"{coverage[s]:.3f} / {width[s]:.2g}" for s in coverage)
+            print(f"| {method} | {probes} | {cells} |", flush=True)
