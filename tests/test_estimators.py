@@ -71,7 +71,7 @@ def test_unbiased(draws, method):
 
 # Reported SE against the actual spread over the trials, sqrt(mean se²) / s.d. (measured:
 # Hutchinson and Hutch++ 0.9–1.15; XTrace's jackknife SE 2.2–2.4, wide as Efron–Stein predicts,
-# where the s.d. of its leave-one-out estimates over √p was 0.5–0.7).
+# where the s.d. of its leave-one-out estimates over √p was 0.65–0.71).
 SE_RATIO = {"jvp": (0.8, 1.25), "vjp": (0.8, 1.25), "hutch++": (0.8, 1.25), "xtrace": (1.0, 3.5)}
 # Coverage of estimate ± t_ν(0.975)·se at nominal 95% (measured here: Hutchinson 0.86–0.88,
 # Hutch++ 0.88–0.93, the skewed χ²-like probe values with ν = 3; XTrace 1.0). Calibrated
