@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from aecore import Objective, jacobian, make_autoencoder, objective_terms
+from aecore import Objective, jacobian, make_autoencoder, models, objective_terms
 from aecore.jacobian import estimate
 
 TRIALS = 400
@@ -69,13 +69,14 @@ def test_unbiased(draws, method):
     assert np.all(np.abs(est.mean(axis=0) - exact) < 3 * sem), (est.mean(axis=0), exact, sem)
 
 
-# Reported SE against the actual spread over the trials, sqrt(mean se²) / s.d., as documented
-# in `estimate.degrees_of_freedom` (measured: Hutchinson and Hutch++ 0.9–1.15, XTrace's
-# leave-one-out SE 0.5–0.7: it underestimates, the leave-one-out estimates being correlated).
-SE_RATIO = {"jvp": (0.8, 1.25), "vjp": (0.8, 1.25), "hutch++": (0.8, 1.25), "xtrace": (0.4, 0.9)}
+# Reported SE against the actual spread over the trials, sqrt(mean se²) / s.d. (measured:
+# Hutchinson and Hutch++ 0.9–1.15; XTrace's jackknife SE 2.2–2.4, wide as Efron–Stein predicts,
+# where the s.d. of its leave-one-out estimates over √p was 0.65–0.71).
+SE_RATIO = {"jvp": (0.8, 1.25), "vjp": (0.8, 1.25), "hutch++": (0.8, 1.25), "xtrace": (1.0, 3.5)}
 # Coverage of estimate ± t_ν(0.975)·se at nominal 95% (measured here: Hutchinson 0.86–0.88,
-# Hutch++ 0.88–0.93, the skewed χ²-like probe values with ν = 3; XTrace 0.73–0.76).
-COVERAGE = {"jvp": (0.8, 0.99), "vjp": (0.8, 0.99), "hutch++": (0.8, 0.99), "xtrace": (0.6, 0.9)}
+# Hutch++ 0.88–0.93, the skewed χ²-like probe values with ν = 3; XTrace 1.0). Calibrated
+# intervals: `frobenius_sq_interval`, tests/test_estimator_intervals.py.
+COVERAGE = {"jvp": (0.8, 0.99), "vjp": (0.8, 0.99), "hutch++": (0.8, 0.99), "xtrace": (0.95, 1.0)}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -87,7 +88,7 @@ def test_standard_error_matches_spread_and_intervals_cover(draws, method):
     q = stats.t.ppf(0.975, estimate.degrees_of_freedom(method, PROBES))
     coverage = np.mean(np.abs(est - exact) <= q * se, axis=0)
     lo, hi = COVERAGE[method]
-    assert np.all((lo < coverage) & (coverage < hi)), coverage
+    assert np.all((lo < coverage) & (coverage <= hi)), coverage
 
 
 def test_lower_variance_than_hutchinson_on_a_decaying_spectrum(draws):
@@ -150,6 +151,17 @@ def test_objective_logs_the_estimated_relative_error(method):
     assert set(terms) == {"reconstruction", "contractive", "contractive_rel_error"}
     np.testing.assert_allclose(total, terms["reconstruction"] + terms["contractive"], rtol=1e-6)
     assert 0 < float(terms["contractive_rel_error"]) < 1
+    # The logged value is the term's own estimate's (ddof=1; XTrace: jackknife) relative error.
+    position = [t.name for t in obj.terms()].index("contractive")
+    term_key = jax.random.fold_in(jax.random.split(jax.random.key(1))[1], position)
+    est, se = jax.jit(
+        lambda key: jacobian.frobenius_sq_estimate(
+            models.eval_mode(model).encode, x, key, num_probes=3, method=method, with_error=True
+        )
+    )(term_key)
+    np.testing.assert_allclose(
+        terms["contractive_rel_error"], estimate.relative_error(est, se), rtol=1e-4
+    )
     one_probe = Objective(contractive=0.1, contractive_probes=1)
     _, terms = jax.jit(objective_terms, static_argnums=3)(model, x, jax.random.key(1), one_probe)
     assert "contractive_rel_error" not in terms  # no standard error from one probe
@@ -165,7 +177,7 @@ def test_explain_lists_each_estimator(x64):
     assert report.estimates["xtrace"].products == 2 * PROBES
     assert report.estimates["xtrace"].relative_sd < report.estimates["jvp"].relative_sd
     text = str(report)
-    assert "hutch++" in text and "rel. s.d." in text
+    assert "hutch++" in text and "rel. s.d." in text and "xtrace 94.0-100%" in text
     assert jacobian.explain(fn, x).estimates == {}
 
 

@@ -21,7 +21,11 @@ import numpy as np
 
 from aecore import _checks
 from aecore.jacobian import blocks, estimate, routes, trace
-from aecore.jacobian.estimate import ESTIMATOR_METHODS, frobenius_sq_estimate
+from aecore.jacobian.estimate import (
+    ESTIMATOR_METHODS,
+    frobenius_sq_estimate,
+    frobenius_sq_interval,
+)
 from aecore.jacobian.higher_order import (
     frobenius_sq_diff,
     frobenius_sq_diff_expected,
@@ -40,6 +44,7 @@ __all__ = [
     "frobenius_sq_diff",
     "frobenius_sq_diff_expected",
     "frobenius_sq_estimate",
+    "frobenius_sq_interval",
     "hessian_frobenius_sq",
     "jacobian",
 ]
@@ -358,7 +363,8 @@ def explain(fn: Callable, x: jax.Array, *, num_probes: int | None = None) -> Exp
       x: batch [B, *input_shape] (only its shape and dtype matter, unless num_probes is set).
       num_probes: also list each estimator of `frobenius_sq_estimate` at this many probes:
         its cost and its relative s.d., measured on the first examples of x
-        (`estimate.estimator_reports`).
+        (`estimate.estimator_reports`), and the coverage its `frobenius_sq_interval` reached
+        at nominal 95% in tests (`estimate.INTERVAL_COVERAGE`).
 
     Returns:
       An `Explanation`; `print` it for a readable report.

@@ -29,9 +29,9 @@ def degrees_of_freedom(method: str, num_probes: int) -> int:
     """ν of the Student-t interval `estimate ± t_ν(1 − α/2) · se` (0: no standard error).
 
     Hutchinson: p − 1 (p i.i.d. probe values). Hutch++: r − 1 for its r = p − ⌊p/2⌋ residual
-    probes (the sketched part has no variance given the sketch). XTrace: p − 1 for the p
-    leave-one-out estimates, a convention (they are exchangeable, not independent); its coverage
-    is measured in tests/test_estimators.py.
+    probes (the sketched part has no variance given the sketch). XTrace: p − 1 for its jackknife
+    over the p probes. The probe values are skewed, so this t interval under-covers at small p;
+    `frobenius_sq_interval` gives calibrated ones.
     """
     _checks.check_choice("method", method, ESTIMATOR_METHODS)
     samples = num_probes - num_probes // 2 if method == "hutch++" else num_probes
@@ -54,24 +54,29 @@ def _mean_se(values: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(values), se
 
 
+def _hutchinson_rows(fn, xi, key, p: int, method: str) -> jax.Array:
+    """Y [p, m]: J v for p Gaussian v ~ N(0, I_d) (jvp), or Jᵀ u for u ~ N(0, I_k) (vjp); the
+    probe values are the rows' squared norms."""
+    if method == "jvp":
+        probes = jax.random.normal(key, (p, *xi.shape), xi.dtype)
+        return _jvps(fn, xi, probes.reshape(p, -1))
+    out, pullback = jax.vjp(fn, xi)
+    probes = jax.random.normal(key, (p, *out.shape), out.dtype)
+    return jax.vmap(lambda u: pullback(u)[0])(probes).reshape(p, -1)
+
+
 def _hutchinson(fn, xi, key, p: int, method: str):
     """Mean and sample SE (ddof=1) of ‖J v‖² over Gaussian v (jvp) or of ‖Jᵀ u‖² (vjp).
 
     matfree's `estimator_monte_carlo_mean_and_sem` divides by n, not n − 1 (an SE biased low
     by √((p − 1)/p), 30% at 2 probes), so the per-probe values are averaged here.
     """
-    if method == "jvp":
-        probes = jax.random.normal(key, (p, *xi.shape), xi.dtype)
-        values = jnp.sum(_jvps(fn, xi, probes.reshape(p, -1)) ** 2, axis=1)
-        return _mean_se(values)
-    out, pullback = jax.vjp(fn, xi)
-    probes = jax.random.normal(key, (p, *out.shape), out.dtype)
-    jtu = jax.vmap(lambda u: pullback(u)[0])(probes)
-    return _mean_se(jnp.sum(jtu.reshape(p, -1) ** 2, axis=1))
+    return _mean_se(jnp.sum(_hutchinson_rows(fn, xi, key, p, method) ** 2, axis=1))
 
 
-def _hutch_pp(fn, xi, key, p: int):
-    """Hutch++ for ‖J‖²_F (Meyer, Musco, Musco & Woodruff 2021) on J directly.
+def _hutch_pp_parts(fn, xi, key, p: int):
+    """Hutch++ for ‖J‖²_F (Meyer, Musco, Musco & Woodruff 2021) on J directly: its exact part
+    and the rows [r, k] of its residual products.
 
     s = ⌊p/2⌋ sketch vectors give Q = orth(Jᵀ Ω) [d, s] (s vjps); ‖J Q‖² is exact (s jvps) and
     the rest ‖J (I − QQᵀ)‖² is Hutchinson's with r = p − s residual probes (r jvps). Given Q
@@ -80,8 +85,6 @@ def _hutch_pp(fn, xi, key, p: int):
     matfree has no Hutch++, hence this.
     """
     s, r = p // 2, p - p // 2
-    if s == 0:  # one probe: nothing to sketch, Hutchinson's estimate
-        return _hutchinson(fn, xi, key, p, "jvp")
     k_sketch, k_res = jax.random.split(key)
     out, pullback = jax.vjp(fn, xi)
     omega = jax.random.normal(k_sketch, (s, *out.shape), out.dtype)
@@ -90,11 +93,19 @@ def _hutch_pp(fn, xi, key, p: int):
     exact_part = jnp.sum(_jvps(fn, xi, q.T) ** 2)
     g = jax.random.normal(k_res, (r, q.shape[0]), xi.dtype)
     g = g - (g @ q) @ q.T
-    residual, se = _mean_se(jnp.sum(_jvps(fn, xi, g) ** 2, axis=1))
+    return exact_part, _jvps(fn, xi, g)
+
+
+def _hutch_pp(fn, xi, key, p: int):
+    """Hutch++'s estimate and SE (ddof=1 over its r residual probes)."""
+    if p == 1:  # one probe: nothing to sketch, Hutchinson's estimate
+        return _hutchinson(fn, xi, key, p, "jvp")
+    exact_part, rows = _hutch_pp_parts(fn, xi, key, p)
+    residual, se = _mean_se(jnp.sum(rows**2, axis=1))
     return exact_part + residual, se
 
 
-def _nystrom(matvec_flat, omega):
+def _nystrom(omega, y):
     """matfree's `nystrom_eigh` (Nyström approximation through a pseudo-inverse) written so that
     its derivative stays finite: matfree's `where(mask, vals ** -0.5, 0)` differentiates
     vals ** -0.5 at the masked (near-zero or negative) eigenvalues, which gives NaN gradients
@@ -102,7 +113,6 @@ def _nystrom(matvec_flat, omega):
     values); here masked entries never reach the power or a division."""
     m = omega.shape[1]
     eps = jnp.finfo(omega.dtype).eps
-    y = jax.vmap(matvec_flat, in_axes=-1, out_axes=-1)(omega)  # [n, m]
     h = omega.T @ y
     # A zero operator (J = 0) has m equal eigenvalues, where eigh's derivative divides by zero:
     # decompose a stand-in with distinct ones instead (every eigenvalue is masked below).
@@ -121,10 +131,18 @@ def _nystrom(matvec_flat, omega):
     return f, jnp.where(essential[None, :], downdate, 0.0), jnp.zeros((), y.dtype)
 
 
-def _xtrace(fn, xi, key, p: int, k: int, d: int):
-    """XNysTrace (Epperly, Tropp & Webber 2024) on the PSD operator J Jᵀ (k ≤ d) or JᵀJ, by
-    matfree with the Nyström step of `_nystrom`: p test vectors, one jvp and one vjp each; mean
-    and SE (ddof=1) of the p leave-one-out estimates."""
+def _xnystrace_loo(omega: jax.Array, y: jax.Array) -> jax.Array:
+    """matfree's XNysTrace leave-one-out estimates [m] from test vectors omega [n, m] (m < n)
+    and their products y = A omega [n, m]; the operator itself is never applied again."""
+    integrand = stochtrace.leave_one_out_xnystrace(nystrom=lambda _, om: _nystrom(om, y))
+    # matfree relies on NumPy's rank promotion; the caller may have made it an error.
+    with jax.numpy_rank_promotion("allow"):
+        return integrand(None, omega.T)
+
+
+def _xtrace_products(fn, xi, key, p: int, k: int, d: int):
+    """p Gaussian test vectors omega [n, p] of the PSD operator A = J Jᵀ (k ≤ d) or JᵀJ, n =
+    min(k, d), and y = A omega (one jvp and one vjp each)."""
     out, pullback = jax.vjp(fn, xi)
 
     def jvp(v):
@@ -134,12 +152,33 @@ def _xtrace(fn, xi, key, p: int, k: int, d: int):
         return pullback(u.reshape(out.shape))[0].reshape(-1)
 
     matvec = (lambda u: jvp(vjp(u))) if k <= d else (lambda v: vjp(jvp(v)))
-    n = min(k, d)
-    samples = stochtrace.sampler_normal(jnp.zeros((n,), xi.dtype), num=p)(key)
-    # matfree relies on NumPy's rank promotion; the caller may have made it an error.
-    with jax.numpy_rank_promotion("allow"):
-        loo = stochtrace.leave_one_out_xnystrace(nystrom=_nystrom)(matvec, samples)
-    return _mean_se(loo)
+    samples = stochtrace.sampler_normal(jnp.zeros((min(k, d),), xi.dtype), num=p)(key)
+    return samples.T, jax.vmap(matvec)(samples).T
+
+
+def _xtrace_jackknife(omega: jax.Array, y: jax.Array) -> jax.Array:
+    """Jackknife SE (Efron & Stein 1981) of XNysTrace over its p probes: XNysTrace recomputed
+    on each leave-one-probe-out set from the same products, √((p − 1)/p · Σ_j (X_(j) − X̄)²).
+    Efron–Stein: its square is biased upward for a symmetric statistic, so it errs wide."""
+    p = omega.shape[1]
+    subsets = np.array([[i for i in range(p) if i != j] for j in range(p)])  # [p, p - 1]
+    # One set at a time (lax.map, not vmap): each eigh/QR then has the batch of the estimate
+    # itself. jaxlib splits a large batched LAPACK call over XLA:CPU's thread pool and waits
+    # inside a pool thread, which we saw deadlock on 2 cores.
+    loo = jax.lax.map(lambda idx: jnp.mean(_xnystrace_loo(omega[:, idx], y[:, idx])), subsets)
+    return jnp.sqrt((p - 1) / p * jnp.sum((loo - jnp.mean(loo)) ** 2))
+
+
+def _xtrace(fn, xi, key, p: int, k: int, d: int, with_error: bool):
+    """XNysTrace (Epperly, Tropp & Webber 2024) on J Jᵀ or JᵀJ by matfree with the Nyström step
+    of `_nystrom`: the mean of the p leave-one-out estimates, and its jackknife SE. (The s.d. of
+    the leave-one-out estimates over √p, as before, is too small: they are positively
+    correlated; the authors say it "tends to underestimate the true error".)"""
+    omega, y = _xtrace_products(fn, xi, key, p, k, d)
+    est = jnp.mean(_xnystrace_loo(omega, y))
+    if not with_error or p == 1:
+        return est, jnp.full((), jnp.nan, est.dtype)
+    return est, _xtrace_jackknife(jax.lax.stop_gradient(omega), jax.lax.stop_gradient(y))
 
 
 def frobenius_sq_estimate(
@@ -212,10 +251,136 @@ def frobenius_sq_estimate(
             return _exact(fn, xi, k, d), jnp.zeros((), xi.dtype)
         if method == "hutch++":
             return _hutch_pp(fn, xi, ki, p)
-        return _xtrace(fn, xi, ki, p, k, d)
+        return _xtrace(fn, xi, ki, p, k, d, with_error)
 
     est, se = jax.vmap(per_example)(x, keys)
     return (est, se) if with_error else est
+
+
+# Fewest probes with a measured, calibrated interval (`frobenius_sq_interval` refuses fewer):
+# coverage was measured from 4 probes (tests/test_estimator_intervals.py); below, XTrace's
+# jackknife covered 0.66-0.86 (normal quantile) and Hutchinson's ν rests on 1-3 Gram entries.
+INTERVAL_MIN_PROBES = dict.fromkeys(ESTIMATOR_METHODS, 4)
+
+
+def _chi2_quantile(nu: jax.Array, q: float, nu_min: int, nu_max: int) -> jax.Array:
+    """χ²_ν quantile q for ν in [nu_min, nu_max], interpolated in log ν on a 257-point table
+    of scipy's quantiles (built at trace time: relative error < 1e-4 there)."""
+    from scipy import stats  # noqa: PLC0415 - only when an interval is traced
+
+    grid = np.geomspace(nu_min, max(nu_max, nu_min + 1), 257)
+    table = np.log(stats.chi2.ppf(q, grid))
+    log_nu = jnp.log(nu)
+    return jnp.exp(jnp.interp(log_nu, jnp.asarray(np.log(grid), nu.dtype), table.astype(nu.dtype)))
+
+
+def _hutchinson_interval(rows: jax.Array, rank: int, level: float, *, hull: bool):
+    """(low, high) for tr A from Gaussian-probe rows y_i [r, m] with y_iᵀy_j = ω_iᵀ A ω_j.
+
+    The mean T of the probe values ω_iᵀAω_i is tr A times a weighted mean of χ²₁ terms;
+    Satterthwaite (1946): T ≈ tr A · χ²_ν/ν with ν = r tr²/‖A‖²_F, so [νT/χ²_ν(1 − α/2),
+    νT/χ²_ν(α/2)]. ‖A‖²_F has two unbiased estimates from the same products: the mean of the
+    squared off-diagonal Gram entries (E[(ω_iᵀAω_j)²] = ‖A‖²_F for i ≠ j) and half the sample
+    variance of the probe values (Var ω_iᵀAω_i = 2‖A‖²_F); the larger is used (a smaller ν, a
+    wider interval: the estimate misses a spike exactly when both are low). ν̂ is clipped to
+    [r, r·rank], the range of r·tr²/‖A‖²_F over PSD spectra of that rank. With `hull`, the
+    hull with Student's T ± t_{r−1}(1 − α/2)·se (Hutch++'s few residual probes need it).
+    """
+    r = rows.shape[0]
+    alpha = 1.0 - level
+    gram = rows @ rows.T  # [r, r]
+    values = jnp.diagonal(gram)
+    mean, se = _mean_se(values)
+    off = jnp.sum(jnp.triu(gram, 1) ** 2) / (r * (r - 1) / 2)
+    frob_sq = jnp.maximum(off, jnp.var(values, ddof=1) / 2)
+    # E[T²] = tr² + 2‖A‖²_F/r: r·T²/‖A‖²_F − 2 is the plug-in ν with tr² estimated unbiasedly.
+    nu = jnp.clip(r * mean**2 / jnp.where(frob_sq > 0, frob_sq, 1.0) - 2, r, r * rank)
+    nu = jnp.where(frob_sq > 0, nu, r * rank)
+    low = nu * mean / _chi2_quantile(nu, 1 - alpha / 2, r, r * rank)
+    high = nu * mean / _chi2_quantile(nu, alpha / 2, r, r * rank)
+    if not hull:
+        return low, high
+    from scipy import stats  # noqa: PLC0415
+
+    half = float(stats.t.ppf(1 - alpha / 2, r - 1)) * se
+    return jnp.minimum(low, mean - half), jnp.maximum(high, mean + half)
+
+
+def frobenius_sq_interval(
+    fn: Callable,
+    x: jax.Array,
+    key: jax.Array,
+    *,
+    num_probes: int,
+    method: str,
+    level: float = 0.95,
+) -> tuple[jax.Array, jax.Array]:
+    """A `level` confidence interval for each ‖J(x_i)‖²_F from the probes of
+    `frobenius_sq_estimate(fn, x, key, num_probes=p, method=method)` (the same products, so
+    the interval surrounds that estimate).
+
+    Constructions (A = JᵀJ or J Jᵀ, tr A = ‖J‖²_F; probes are Gaussian):
+      "jvp"/"vjp" (Hutchinson 1990): a Satterthwaite (1946) χ² interval, its ν estimated
+        from the probes' Gram matrix (`_hutchinson_interval`);
+      "hutch++" (Meyer, Musco, Musco & Woodruff 2021): the exact sketched part plus, for its
+        r = p − ⌊p/2⌋ residual probes, the hull of that interval and the Student-t one;
+      "xtrace" (Epperly, Tropp & Webber 2024): estimate ± t_{p−1}(1 − α/2)·jackknife SE over
+        the probes (Efron & Stein 1981: the jackknife variance errs high, so from 8 probes
+        this errs wide; the normal quantile under-covered at 4 probes, 0.89–0.91).
+    Where the estimate is exact (Hutch++ and XTrace from min(k, d) probes) the interval is the
+    estimate ± its rounding. Measured coverage and width: docs/engine/estimators.md.
+
+    Args:
+      fn: maps ONE example to a vector [k].
+      x: batch [B, *input_shape].
+      key: PRNG key for the probes (split per example, as `frobenius_sq_estimate` does).
+      num_probes: p >= `INTERVAL_MIN_PROBES[method]`.
+      method: one of `ESTIMATOR_METHODS`.
+      level: nominal coverage in (0, 1).
+
+    Returns:
+      (low [B], high [B]), low >= 0.
+    """
+    _checks.check_choice("method", method, ESTIMATOR_METHODS)
+    _checks.check_positive_int("num_probes", num_probes)
+    _checks.check_open_unit("level", level)
+    if num_probes < INTERVAL_MIN_PROBES[method]:
+        raise ValueError(
+            f"frobenius_sq_interval needs num_probes >= {INTERVAL_MIN_PROBES[method]} for "
+            f"method {method!r} (no calibrated interval from fewer), got {num_probes}"
+        )
+    if getattr(x, "ndim", 0) < 2:
+        raise ValueError(
+            f"frobenius_sq_interval needs a batch x of shape [B, *input_shape], "
+            f"got shape {getattr(x, 'shape', None)}"
+        )
+    keys = jax.random.split(key, x.shape[0])
+    d = int(np.prod(x.shape[1:]))
+    k = int(np.prod(jax.eval_shape(fn, x[0]).shape))
+    n, p = min(k, d), num_probes
+
+    def per_example(xi, ki):
+        if method in ("hutch++", "xtrace") and p >= n:
+            est = _exact(fn, xi, k, d)
+            return est, est
+        if method in ("jvp", "vjp"):
+            rows = _hutchinson_rows(fn, xi, ki, p, method)
+            return _hutchinson_interval(rows, n, level, hull=False)
+        if method == "hutch++":
+            exact_part, rows = _hutch_pp_parts(fn, xi, ki, p)
+            low, high = _hutchinson_interval(rows, min(k, d - p // 2), level, hull=True)
+            return exact_part + low, exact_part + high
+        omega, y = _xtrace_products(fn, xi, ki, p, k, d)
+        est = jnp.mean(_xnystrace_loo(omega, y))
+        from scipy import stats  # noqa: PLC0415
+
+        half = float(stats.t.ppf(0.5 + level / 2, p - 1)) * _xtrace_jackknife(omega, y)
+        return est - half, est + half
+
+    low, high = jax.lax.stop_gradient(jax.vmap(per_example)(x, keys))
+    # Rounding: the products and a reference value each carry ~n·eps relative error.
+    slack = 8 * n * jnp.finfo(low.dtype).eps * jnp.abs(high)
+    return jnp.maximum(low - slack, 0.0), high + slack
 
 
 def relative_error(estimates: jax.Array, se: jax.Array) -> jax.Array:
@@ -277,6 +442,16 @@ def estimator_reports(
     return reports
 
 
+# Measured coverage of `frobenius_sq_interval` at nominal 95% (500 intervals per cell, 4
+# spectra, p = 4-32, float64; tests/test_estimator_intervals.py, docs/engine/estimators.md).
+INTERVAL_COVERAGE = {
+    "jvp": "92.4-98.2%",
+    "vjp": "92.0-97.2%",
+    "hutch++": "91.6-99.6%",
+    "xtrace": "94.0-100%",
+}
+
+
 def describe_reports(reports: dict[str, EstimatorReport]) -> str:
     lines = ["estimates (relative s.d. per example, measured over probe draws):"]
     for method, r in reports.items():
@@ -284,4 +459,8 @@ def describe_reports(reports: dict[str, EstimatorReport]) -> str:
             f"  {method:<18} {r.macs / 1e6:>12.2f} M multiply-adds  "
             f"({r.products} products/example)  rel. s.d. {100 * r.relative_sd:.1f}%"
         )
+    lines.append(
+        "95% intervals (jacobian.frobenius_sq_interval) covered, measured: "
+        + ", ".join(f"{m} {c}" for m, c in INTERVAL_COVERAGE.items() if m in reports)
+    )
     return "\n".join(lines)
