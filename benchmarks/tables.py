@@ -59,9 +59,9 @@ def route_table(records: list[dict], *, compact: bool = False) -> str:
     if compact:
         head = (
             "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step "
-            "| XLA temp MB | G multiply-adds | × own model |"
+            "| XLA temp MB | G multiply-adds | × own model | note |"
         )
-        rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
     else:
         head = (
             "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step "
@@ -89,8 +89,7 @@ def route_table(records: list[dict], *, compact: bool = False) -> str:
             _num(None if macs is None else macs / 1e9, ".3f"),
             _num(r.get("ratio_to_own"), ".2f"),
         ]
-        if not compact:
-            cells.append(r.get("note", ""))
+        cells.append(r.get("note", ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
