@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import sys
 import time
@@ -49,6 +50,37 @@ LEARNING_RATE = 1e-3
 SLOW_STEP_S = 3.0  # jacfwd/jacrev rows whose single step takes longer are skipped (full run)
 SLOW_REPS = 5  # timed steps of routes slower than SLOW_STEP_S / 3 (full run's wide models)
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+# --max-memory's default: what the whole process may hold at its peak (a 4 GB laptop, with
+# some room left for the operating system). A step whose compiled XLA temporaries do not fit
+# beside what the process holds already runs in chunks (`Objective(chunk_size=)`), or is
+# skipped with a note when even one example at a time does not fit.
+MAX_MEMORY_MB = 3500.0
+# XLA's compiled temp size undercounts what a CPU step really takes: the conv encoder's jacfwd
+# step (2,534 MB of temps) raised this process's peak by 3,804 MB (1.5×). A step is budgeted at
+# this multiple of its temps.
+TEMP_FACTOR = 2.0
+# Routes whose Jacobians `Objective(chunk_size=)` evaluates chunk by chunk.
+CHUNKABLE = ("auto", "closed_form", "structured", "peel", "blocks", "jacfwd", "jacrev")
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, MB (Linux /proc; elsewhere its peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (`getrusage`: KB on Linux, bytes on
+    macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
+
+
+class OverBudget(Exception):
+    """A route's compiled step needs more temporary memory than --max-memory leaves it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,39 +395,75 @@ def applicable_routes(spec, routes: Sequence[str]) -> list[str]:
 # Steps. Every JAX row is `make_train_step(Objective(...), optax.adam)`.
 
 
-class JaxRunner:
-    """One jitted step of one route, with its own copy of the model and Adam state."""
+def _objective(route: str, chunk_size: int | None = None) -> Objective:
+    if route == "plain":
+        return Objective()
+    if route == "peeled_ref":
+        term = Term("contractive", lambda m, x, *_: peeled_reference(m, x), CONTRACTIVE)
+        return Objective(extra_terms=(term,))
+    if route == "hutchinson":
+        # A 1-probe ESTIMATE of the penalty (frobenius_sq_estimate's default method, jvp).
+        return Objective(contractive=CONTRACTIVE, contractive_probes=1)
+    return Objective(contractive=CONTRACTIVE, jacobian_mode=route, chunk_size=chunk_size)
 
-    def __init__(self, spec: ModelSpec, route: str, x: jax.Array, device=None):
+
+class JaxRunner:
+    """One jitted step of one route, with its own copy of the model and Adam state.
+
+    With `max_memory_mb`, a step whose XLA temporaries (× `TEMP_FACTOR`) exceed what the
+    process may still take (`max_memory_mb` − its resident memory now) is recompiled with
+    `chunk_size` halved until it fits (`note` says so), or raises `OverBudget` (one line) when
+    no chunk size fits.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, route: str, x: jax.Array, device=None, *, max_memory_mb=None
+    ):
         optimizer = optax.adam(LEARNING_RATE)
-        if route == "plain":
-            step = make_train_step(Objective(), optimizer)
-        elif route == "peeled_ref":
-            term = Term("contractive", lambda m, x, *_: peeled_reference(m, x), CONTRACTIVE)
-            step = make_train_step(Objective(extra_terms=(term,)), optimizer)
-        elif route == "hutchinson":
-            # A 1-probe ESTIMATE of the penalty (frobenius_sq_estimate's default method, jvp).
-            step = make_train_step(
-                Objective(contractive=CONTRACTIVE, contractive_probes=1), optimizer
-            )
-        else:
-            step = make_train_step(
-                Objective(contractive=CONTRACTIVE, jacobian_mode=route), optimizer
-            )
         model = spec.build()
         opt_state = init_optimizer(optimizer, model)
         if device is not None:
             model, opt_state, x = jax.device_put((model, opt_state, x), device)
         self.x = x
         self.key = jax.random.key(1)
+        self.model, self.opt_state = model, opt_state
+        self.penalty, self.chunk_size, self.note = None, None, ""
         t0 = time.perf_counter()
-        lowered = step.lower(model, opt_state, x, self.key)
-        self.compiled = lowered.compile()
+        self._compile(route, optimizer, None)
         self.compile_s = time.perf_counter() - t0
+        if max_memory_mb is not None:
+            self._fit_budget(route, optimizer, max_memory_mb)
+
+    def _compile(self, route: str, optimizer, chunk_size: int | None) -> None:
+        step = make_train_step(_objective(route, chunk_size), optimizer)
+        self.compiled = step.lower(self.model, self.opt_state, self.x, self.key).compile()
         self.gflop = _flops(self.compiled) / 1e9
         self.temp_bytes = _temp_bytes(self.compiled)
-        self.model, self.opt_state = model, opt_state
-        self.penalty = None
+        self.chunk_size = chunk_size
+
+    def _fit_budget(self, route: str, optimizer, max_memory_mb: float) -> None:
+        free_mb = (max_memory_mb - rss_mb()) / TEMP_FACTOR
+        full_mb = self.temp_bytes / 1e6
+        if not full_mb > free_mb:  # NaN (not reported) counts as fitting
+            return
+        over = (
+            f"XLA temps {full_mb:.0f} MB > {max(free_mb, 0):.0f} MB = (--max-memory "
+            f"{max_memory_mb:.0f} - resident) / {TEMP_FACTOR:g}"
+        )
+        if route not in CHUNKABLE:
+            raise OverBudget(f"skipped: {over}; this route has no chunked form")
+        self._compile(route, optimizer, 1)  # the least it can take: if this does not fit, skip
+        if self.temp_bytes / 1e6 > free_mb:
+            raise OverBudget(f"skipped: {over}, {self.temp_bytes / 1e6:.0f} MB at chunk_size 1")
+        chunk = self.x.shape[0] // 2
+        while chunk > 1:  # the largest chunk that fits (fewest sequential pieces)
+            self._compile(route, optimizer, chunk)
+            if self.temp_bytes / 1e6 <= free_mb:
+                break
+            chunk //= 2
+        if chunk == 1:
+            self._compile(route, optimizer, 1)
+        self.note = f"{over}: chunk_size {chunk} ({self.temp_bytes / 1e6:.0f} MB)"
 
     def step(self) -> None:
         self.model, self.opt_state, metrics = self.compiled(
@@ -429,7 +497,7 @@ class TorchRunner:
     Weights are copied from the JAX model, so the first-step penalty must match the JAX routes.
     """
 
-    def __init__(self, spec: ModelSpec, route: str, x: jax.Array, device=None):
+    def __init__(self, spec: ModelSpec, route: str, x: jax.Array, device=None, **_):
         del route, device
         import torch  # optional extra
 
@@ -446,6 +514,7 @@ class TorchRunner:
         self.x = torch.from_numpy(np.array(x, np.float32).reshape(x.shape[0], -1))
         self.jac = torch.func.vmap(torch.func.jacrev(self.encoder))
         self.compile_s, self.gflop, self.temp_bytes, self.penalty = 0.0, float("nan"), None, None
+        self.chunk_size, self.note = None, ""
 
     def _mlp(self, layers, acts):
         torch = self.torch
@@ -514,9 +583,14 @@ def run_model(
     skip_slow: bool = False,
     slow_reps: int = SLOW_REPS,
     device=None,
+    max_memory_mb: float | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Times `routes` round-robin on one model; one record per route (see README columns)."""
+    """Times `routes` round-robin on one model; one record per route (see README columns).
+
+    `max_memory_mb`: see `JaxRunner`; a route that cannot fit gets a record with
+    `ms_per_step` None and the reason in `note`, and is not timed.
+    """
     x = jax.random.uniform(jax.random.key(0), (batch, *spec.input_shape), jnp.float32)
     runners: dict[str, object] = {}
     first: dict[str, float] = {}
@@ -526,7 +600,14 @@ def run_model(
         if route == "torch_jacrev" and not torch_available():
             log(f"  {name}/{route}: skipped (torch not installed: pip install torch==2.13.0)")
             continue
-        runner = (TorchRunner if route == "torch_jacrev" else JaxRunner)(spec, route, x, device)
+        make = TorchRunner if route == "torch_jacrev" else JaxRunner
+        try:
+            runner = make(spec, route, x, device, max_memory_mb=max_memory_mb)
+        except OverBudget as e:
+            records[route] = {**base, "ms_per_step": None, "reps": 0, "note": str(e)}
+            log(f"  {name}/{route}: {e}")
+            continue
+        base.update(note=runner.note, chunk_size=runner.chunk_size)
         t0 = time.perf_counter()
         runner.step()
         first_s = time.perf_counter() - t0
@@ -539,13 +620,17 @@ def run_model(
                 "gflop": runner.gflop,
                 "temp_bytes": runner.temp_bytes,
                 "penalty": runner.penalty,
-                "note": f"one step took {first_s:.1f} s > {SLOW_STEP_S} s: not repeated",
+                "note": _join(
+                    runner.note, f"one step took {first_s:.1f} s > {SLOW_STEP_S} s: not repeated"
+                ),
             }
             log(f"  {name}/{route}: {first_s:.1f} s per step, skipped from timing")
             continue
         runners[route] = runner
         first[route] = first_s
         records[route] = {**base, "compile_s": runner.compile_s}
+        if runner.note:
+            log(f"  {name}/{route}: {runner.note}")
     for _ in range(max(warmup - 1, 0)):
         for runner in runners.values():
             runner.step()
@@ -553,7 +638,7 @@ def run_model(
     # Routes slower than SLOW_STEP_S / 3 a step get `slow_reps` timed steps, not `reps`.
     caps = {r: reps if first[r] < SLOW_STEP_S / 3 else min(reps, slow_reps) for r in runners}
     order = list(runners.items())
-    for i in range(reps):  # round-robin, rotated: machine noise hits every route alike
+    for i in range(reps if order else 0):  # round-robin, rotated: noise hits all alike
         for route, runner in order[i % len(order) :] + order[: i % len(order)]:
             if len(times[route]) >= caps[route]:
                 continue
@@ -566,7 +651,9 @@ def run_model(
                 time.sleep(0.02)
     for route, runner in runners.items():
         if len(times[route]) < reps:
-            records[route]["note"] = f"slow route: median of {len(times[route])} steps"
+            records[route]["note"] = _join(
+                records[route]["note"], f"slow route: median of {len(times[route])} steps"
+            )
         records[route].update(
             ms_per_step=statistics.median(times[route]) * 1e3,
             reps=len(times[route]),
@@ -580,10 +667,10 @@ def run_model(
     torch_ms = records.get("torch_jacrev", {}).get("ms_per_step")
     for r in out:
         ms = r["ms_per_step"]
-        r["ratio_to_plain"] = ms / plain if plain else None
-        r["speedup_vs_torch"] = torch_ms / ms if torch_ms else None
+        r["ratio_to_plain"] = ms / plain if plain and ms else None
+        r["speedup_vs_torch"] = torch_ms / ms if torch_ms and ms else None
         gflop = r.get("gflop")
-        r["gflops_achieved"] = gflop / (ms / 1e3) if gflop and np.isfinite(gflop) else None
+        r["gflops_achieved"] = gflop / (ms / 1e3) if ms and gflop and np.isfinite(gflop) else None
         r["memory_kind"] = "xla_temp_bytes" if r["route"] != "torch_jacrev" else "n/a"
         r["route_resolved"], r["macs"] = _resolved(report, r["route"])
     auto = add_route_order(out)
@@ -593,6 +680,10 @@ def run_model(
             f"{' < '.join(auto['measured_order'])}; auto ÷ fastest {auto['auto_over_fastest']:.2f}"
         )
     return out
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 def _resolved(report: jacobian.Explanation, route: str) -> tuple[str, int | None]:
@@ -629,7 +720,12 @@ def machine_slug(device=None) -> str:
     return f"{device.platform}-{kind}"
 
 
-def sweep(device=None, reps: int = 5, log: Callable[[str], None] = print) -> list[dict]:
+def sweep(
+    device=None,
+    reps: int = 5,
+    max_memory_mb: float | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Cost vs input width d, code width k, depth and batch (plain, auto, jacrev; sigmoid)."""
     configs = []
     for d in (196, 784, 3136):
@@ -655,6 +751,7 @@ def sweep(device=None, reps: int = 5, log: Callable[[str], None] = print) -> lis
             batch=batch,
             reps=reps,
             device=device,
+            max_memory_mb=max_memory_mb,
             log=log,
             skip_slow=True,
         )
@@ -662,7 +759,7 @@ def sweep(device=None, reps: int = 5, log: Callable[[str], None] = print) -> lis
             out.append({**r, "sweep_axis": axis, "sweep_value": value})
         log(
             f"  sweep {axis}={value}: "
-            + ", ".join(f"{r['route']} {r['ms_per_step']:.1f} ms" for r in recs)
+            + ", ".join(f"{r['route']} {r['ms_per_step'] or float('nan'):.1f} ms" for r in recs)
         )
     return out
 
@@ -731,6 +828,7 @@ def run_suite(
     skip_slow: bool = False,
     slow_reps: int = SLOW_REPS,
     device=None,
+    max_memory_mb: float | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Records of every (model, route) pair; each model's routes timed round-robin."""
@@ -747,6 +845,7 @@ def run_suite(
             skip_slow=skip_slow,
             slow_reps=slow_reps,
             device=device,
+            max_memory_mb=max_memory_mb,
             log=log,
         )
         add_ratio_to_own(records + model_records, models)
@@ -783,7 +882,16 @@ def _json_safe(obj):
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two models, ~1 minute")
+    parser.add_argument(
+        "--quick", action="store_true", help="five models (a few minutes, see README)"
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=float,
+        default=MAX_MEMORY_MB,
+        help="MB this process may hold: a step whose XLA temporaries do not fit runs in "
+        f"chunks or is skipped with a note (default {MAX_MEMORY_MB:.0f}, fits a 4 GB laptop)",
+    )
     parser.add_argument(
         "--out", default=None, help="results JSON (default results/<machine>[-quick].json)"
     )
@@ -795,6 +903,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         "--devices", action="store_true", help="run on every jax.devices() kind (one file each)"
     )
     args = parser.parse_args(argv)
+    if not args.max_memory > 0:
+        parser.error(f"--max-memory must be > 0 MB, got {args.max_memory}")
+    start = time.perf_counter()
     devices = [None]
     if args.devices:
         seen = {}
@@ -822,10 +933,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             skip_slow=not args.quick,
             slow_reps=3 if args.quick else SLOW_REPS,
             device=device,
+            max_memory_mb=args.max_memory,
         )
         sweep_records = []
         if not args.quick and not args.models:
-            sweep_records = sweep(device=device)
+            sweep_records = sweep(device=device, max_memory_mb=args.max_memory)
         for r in records + sweep_records:
             r["fraction_of_matmul_peak"] = (
                 r["gflops_achieved"] / peak if r.get("gflops_achieved") else None
@@ -842,6 +954,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             "quick": args.quick,
             "contractive": CONTRACTIVE,
             "memory": "temp_bytes = XLA compiled memory_analysis().temp_size_in_bytes",
+            "max_memory_mb": args.max_memory,
+            # so far in this process (a multi-device run's later files include earlier devices)
+            "peak_rss_mb": peak_rss_mb(),
+            "wall_s": time.perf_counter() - start,
         }
         if torch_available():
             import torch
@@ -856,6 +972,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         with open(out, "w") as f:
             payload = {"meta": meta, "records": records, "sweep": sweep_records}
             json.dump(_json_safe(payload), f, indent=1, allow_nan=False)
+        print(
+            f"# peak memory {meta['peak_rss_mb']:.0f} MB (max RSS of this process; "
+            f"--max-memory {args.max_memory:.0f} MB), wall time {meta['wall_s']:.0f} s"
+        )
         print(f"wrote {out}")
         if sweep_records:
             png = os.path.join(RESULTS_DIR, f"{slug}-sweep.png")

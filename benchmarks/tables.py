@@ -44,6 +44,11 @@ def _num(value, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """a ÷ b, or None where a row was skipped (no time)."""
+    return a / b if a is not None and b else None
+
+
 def _route_label(r: dict) -> str:
     resolved = r.get("route_resolved", r["route"])
     return r["route"] if resolved == r["route"] else f"{r['route']} ({resolved})"
@@ -54,9 +59,9 @@ def route_table(records: list[dict], *, compact: bool = False) -> str:
     if compact:
         head = (
             "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step "
-            "| XLA temp MB | G multiply-adds | × own model |"
+            "| XLA temp MB | G multiply-adds | × own model | note |"
         )
-        rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
     else:
         head = (
             "| model | route (runs) | ms/step | × plain | × faster than torch | GFLOP/step "
@@ -84,8 +89,7 @@ def route_table(records: list[dict], *, compact: bool = False) -> str:
             _num(None if macs is None else macs / 1e9, ".3f"),
             _num(r.get("ratio_to_own"), ".2f"),
         ]
-        if not compact:
-            cells.append(r.get("note", ""))
+        cells.append(r.get("note", ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -108,10 +112,12 @@ def sweep_table(records: list[dict]) -> str:
         }
         plain, auto, jacrev = by_route["plain"], by_route["auto"], by_route["jacrev"]
         lines.append(
-            f"| {axis} | {value} | {auto['model']} | {auto['batch']} | {plain['ms_per_step']:.1f} "
-            f"| {auto['ms_per_step']:.1f} ({auto['route_resolved']}) | {jacrev['ms_per_step']:.1f} "
-            f"| {auto['ms_per_step'] / plain['ms_per_step']:.2f} "
-            f"| {jacrev['ms_per_step'] / auto['ms_per_step']:.2f} |"
+            f"| {axis} | {value} | {auto['model']} | {auto['batch']} "
+            f"| {_num(plain['ms_per_step'], '.1f')} "
+            f"| {_num(auto['ms_per_step'], '.1f')} ({auto['route_resolved']}) "
+            f"| {_num(jacrev['ms_per_step'], '.1f')} "
+            f"| {_num(_ratio(auto['ms_per_step'], plain['ms_per_step']), '.2f')} "
+            f"| {_num(_ratio(jacrev['ms_per_step'], auto['ms_per_step']), '.2f')} |"
         )
     return "\n".join(lines)
 
@@ -140,9 +146,9 @@ def headline_table(records: list[dict]) -> str:
             for route in ("jacrev", "torch_jacrev", "hutchinson")
         ]
         lines.append(
-            f"| {_encoder_label(model)} | {plain['ms_per_step']:.1f} "
-            f"| {auto['ms_per_step']:.1f} ({auto['route_resolved']}) "
-            f"| {auto['ratio_to_plain']:.2f} | " + " | ".join(rivals) + " |"
+            f"| {_encoder_label(model)} | {_num(plain['ms_per_step'], '.1f')} "
+            f"| {_num(auto['ms_per_step'], '.1f')} ({auto['route_resolved']}) "
+            f"| {_num(auto['ratio_to_plain'], '.2f')} | " + " | ".join(rivals) + " |"
         )
     return "\n".join(lines)
 
@@ -160,7 +166,7 @@ def user_table(records: list[dict]) -> str:
         gmacs = None if r.get("macs") is None else r["macs"] / 1e9
         lines.append(
             f"| {r['model']} | {_route_label(r)} | {_num(gmacs, '.3f')} "
-            f"| {r['ms_per_step']:.1f} | {r['ratio_to_plain']:.2f} "
+            f"| {_num(r['ms_per_step'], '.1f')} | {_num(r['ratio_to_plain'], '.2f')} "
             f"| {_num(r.get('ratio_to_own'), '.2f')} ({r.get('own_model') or '—'}) |"
         )
     return "\n".join(lines)
@@ -183,11 +189,10 @@ def beyond_table(records: list[dict]) -> str:
         same = {o["route"]: o["ms_per_step"] for o in records if o["model"] == r["model"]}
         ms = r["ms_per_step"]
         gmacs = None if r.get("macs") is None else r["macs"] / 1e9
-        vs_ref = ms / same["peeled_ref"] if "peeled_ref" in same else None
         lines.append(
-            f"| {r['model']} | {_route_label(r)} | {_num(gmacs, '.3f')} | {ms:.1f} "
-            f"| {r['ratio_to_plain']:.2f} | {_num(same.get('jacrev', 0) / ms or None, '.2f')} "
-            f"| {_num(vs_ref, '.2f')} |"
+            f"| {r['model']} | {_route_label(r)} | {_num(gmacs, '.3f')} | {_num(ms, '.1f')} "
+            f"| {_num(r['ratio_to_plain'], '.2f')} | {_num(_ratio(same.get('jacrev'), ms), '.2f')} "
+            f"| {_num(_ratio(ms, same.get('peeled_ref')), '.2f')} |"
         )
     return "\n".join(lines)
 

@@ -93,3 +93,29 @@ def test_tables_render_ratios_from_records():
     sweep = [{**r, "sweep_axis": "k", "sweep_value": 32} for r in records]
     row = "| k | 32 | mlp-784-256-32 | 128 | 4.0 | 16.0 (structured/gram) | 80.0 | 4.00 | 5.00 |"
     assert row in tables.sweep_table(sweep)
+
+
+def test_memory_budget_chunks_or_skips_with_a_note(standard_promotion, monkeypatch):
+    # The budget is what the process may hold; count only the step's temporaries here.
+    monkeypatch.setattr(bench, "rss_mb", lambda: 0.0)
+    spec = bench.ModelSpec((64,), (32,))
+    x = jax.random.uniform(jax.random.key(0), (8, 64))
+    full = bench.JaxRunner(spec, "jacrev", x)
+    need_mb = bench.TEMP_FACTOR * full.temp_bytes / 1e6  # what a step is budgeted at
+    chunked = bench.JaxRunner(spec, "jacrev", x, max_memory_mb=0.9 * need_mb)
+    assert chunked.chunk_size is not None and chunked.chunk_size < 8
+    assert bench.TEMP_FACTOR * chunked.temp_bytes / 1e6 <= 0.9 * need_mb
+    assert f"chunk_size {chunked.chunk_size}" in chunked.note
+    full.step()
+    chunked.step()  # the same penalty, chunk by chunk
+    np.testing.assert_allclose(chunked.penalty, full.penalty, rtol=1e-5)
+    records = bench.run_model(
+        "tiny", spec, ("plain",), batch=8, reps=1, max_memory_mb=1e-9, log=lambda _: None
+    )
+    (plain,) = records
+    assert plain["ms_per_step"] is None and plain["reps"] == 0
+    assert plain["note"].startswith("skipped: XLA temps") and "no chunked form" in plain["note"]
+    assert plain["note"] in bench.format_table(records)
+    from benchmarks import tables
+
+    assert plain["note"] in tables.route_table(records)

@@ -48,6 +48,11 @@ def make_train_step(
     statistics, any other `nnx.Variable`) is carried, with the values the training-mode forward
     pass wrote (see `models.apply_batch`). `opt_state` is `init_optimizer(optimizer, model)`.
 
+    An optimizer that takes extra arguments (`optax.GradientTransformationExtraArgs`, e.g.
+    `optax.lbfgs` and other line searches) also gets `value` (this step's loss), `grad` and
+    `value_fn` (params -> the loss on the same batch and key, for the line search); those that
+    do not use them ignore them (optax's convention).
+
     Args:
       objective: what to minimise (loss, terms, corruption).
       optimizer: any optax.GradientTransformation (`optax.chain`, schedules, clipping, ...).
@@ -89,10 +94,13 @@ def make_train_step(
             return total, (terms, updates)
 
         (loss, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        extra = {}
+        if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+            extra = {"value": loss, "grad": grads, "value_fn": lambda p: loss_fn(p)[0]}
         # optax raises Python floats to int32 step counts (bias correction), which strict
         # dtype promotion rejects; the model's own math stays under the caller's setting.
         with jax.numpy_dtype_promotion("standard"):
-            param_updates, opt_state = optimizer.update(grads, opt_state, params)
+            param_updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
         params = optax.apply_updates(params, param_updates)
         model = nnx.merge(graphdef, params, nnx.merge_state(rest, updates))
         grad_norm = optax.tree.norm(grads)
@@ -110,7 +118,7 @@ def make_train_step(
     return jax.jit(guarded if guard else step, donate_argnums=(0, 1) if donate else ())
 
 
-OPTIMIZERS = ("adam", "sgd", "adamw")
+OPTIMIZERS = ("adam", "sgd", "adamw", "lbfgs")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -123,9 +131,11 @@ class TrainConfig:
       batch_size: examples per step (must not exceed the training set); None: the whole
         training set every step (full-batch). Ignored when `fit` is given an iterable of batches.
       learning_rate: optimizer step size.
-      optimizer: "adam", "adamw" or "sgd" (optax), a shortcut: `fit(..., optimizer=)` takes any
-        optax.GradientTransformation instead (then `learning_rate`, `optimizer` and
-        `lr_schedule` are not used).
+      optimizer: "adam", "adamw" or "sgd" (optax), or "lbfgs" (`optax.lbfgs`: quasi-Newton
+        with a zoom line search that picks each step's length, so `learning_rate` is not used
+        and `lr_schedule` must be "constant"; full batch only, batch_size None). A shortcut:
+        `fit(..., optimizer=)` takes any optax.GradientTransformation instead (then
+        `learning_rate`, `optimizer` and `lr_schedule` are not used).
       seed: one integer from which initial weights, batch order and noise keys derive.
       log_every: steps between metric records.
       eval_every: steps between held-out evaluations (0: only at the end).
@@ -168,6 +178,17 @@ class TrainConfig:
         lr = self.learning_rate
         if not (isinstance(lr, int | float) and lr > 0 and lr < float("inf")):
             raise ValueError(f"learning_rate must be a finite number > 0, got {lr!r}")
+        if self.optimizer == "lbfgs" and self.batch_size is not None:
+            raise ValueError(
+                f"optimizer='lbfgs' needs the full batch (batch_size=None), got batch_size="
+                f"{self.batch_size}: a line search on a new minibatch each step is not one; "
+                "use optimizer='adam' for minibatches"
+            )
+        if self.optimizer == "lbfgs" and self.lr_schedule != "constant":
+            raise ValueError(
+                f"optimizer='lbfgs' picks its step lengths by line search, so lr_schedule must "
+                f"be 'constant', got {self.lr_schedule!r}"
+            )
         if self.early_stopping and not self.eval_every:
             raise ValueError(
                 f"early_stopping={self.early_stopping} needs eval_every > 0 (evaluations to "
@@ -177,6 +198,8 @@ class TrainConfig:
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """The optax optimizer named by `config.optimizer`, with `config.lr_schedule`."""
+    if config.optimizer == "lbfgs":
+        return optax.lbfgs()
     lr = config.learning_rate
     if config.lr_schedule == "cosine":
         lr = optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
