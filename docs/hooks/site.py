@@ -308,7 +308,9 @@ def _benchmark_figures() -> dict[str, bytes]:
         meta, records = result["meta"], result["records"] + result.get("sweep", [])
         models = list(dict.fromkeys(r["model"] for r in records))
         routes = list(dict.fromkeys(r["route"] for r in records))
-        fig, ax = plt.subplots(figsize=(9, 0.28 * len(models) * max(1, len(routes) / 3) + 1.8))
+        fig, ax = plt.subplots(
+            figsize=(9, 0.28 * len(models) * max(1, len(routes) / 3) + 2.2), layout="constrained"
+        )
         height = 0.8 / len(routes)
         for j, route in enumerate(routes):
             ys, xs = [], []
@@ -330,8 +332,7 @@ def _benchmark_figures() -> dict[str, bytes]:
             + (" (quick)" if meta.get("quick") else "")
         )
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, ncol=4, loc="lower right")
-        fig.tight_layout()
+        fig.legend(fontsize=7, ncol=5, loc="outside lower center")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
