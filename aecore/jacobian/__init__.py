@@ -212,7 +212,7 @@ def _chain_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | Non
             ds = [per_example_diags(v)[0] for v in xb]
             d = ds[0] if len(ds) == 1 else ds[0] - ds[1]
             # A matrix product, not a broadcast-and-sum over the batch: XLA:CPU reduces large
-            # arrays over their leading axis slowly (measured on this project's 2-core CPU).
+            # arrays over their leading axis slowly (see shared/PERFORMANCE.md).
             return (d**2) @ rn.astype(d.dtype)
 
         return _batched(batch_fn, xs, chunk_size)
