@@ -13,6 +13,7 @@ import importlib
 import inspect
 import io
 import json
+import logging
 import os
 import pathlib
 import pkgutil
@@ -21,6 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
@@ -64,6 +66,7 @@ NOTEBOOK_CELL_TIMEOUT_S = 300  # one cell; a quick notebook takes seconds, this 
 BENCHMARK_MARKER = "<!-- benchmark-figures -->"
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 _EXTERNAL_LOAD = re.compile(r"""<(?:script|link|img)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""")
+log = logging.getLogger("mkdocs.hooks.site")
 _executed_dirs: list[pathlib.Path] = []  # removed after the build
 _origins: dict[str, str] = {}  # page path -> repository path of its source
 _expected_ids: dict[str, list[str]] = {}  # API page path -> the anchors it must render
@@ -176,7 +179,10 @@ def on_files(files: Files, config) -> Files:
             _add(files, File(rel, str(REPO), config["site_dir"], config["use_directory_urls"]))
     executed = pathlib.Path(tempfile.mkdtemp(prefix="aecore-notebooks-"))
     _executed_dirs.append(executed)
-    asyncio.run(_execute_notebooks(sorted(REPO.glob("notebooks/*.ipynb")), executed / "notebooks"))
+    started = time.monotonic()
+    notebooks = sorted(REPO.glob("notebooks/*.ipynb"))
+    asyncio.run(_execute_notebooks(notebooks, executed / "notebooks"))
+    log.info(f"executed {len(notebooks)} notebooks in {time.monotonic() - started:.0f} s")
     for path in sorted((executed / "notebooks").glob("*.ipynb")):
         rel = f"notebooks/{path.name}"
         _add(files, File(rel, str(executed), config["site_dir"], config["use_directory_urls"]))
