@@ -18,3 +18,4 @@ on_files
 on_page_markdown
 on_post_page
 on_post_build
+on_pre_page

@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 from mkdocs.exceptions import PluginError
@@ -67,6 +68,7 @@ BENCHMARK_MARKER = "<!-- benchmark-figures -->"
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 _EXTERNAL_LOAD = re.compile(r"""<(?:script|link|img)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""")
 log = logging.getLogger("mkdocs.hooks.site")
+_notebook_runs: list[list] = []  # [thread, errors] of the notebooks' execution
 _executed_dirs: list[pathlib.Path] = []  # removed after the build
 _origins: dict[str, str] = {}  # page path -> repository path of its source
 _expected_ids: dict[str, list[str]] = {}  # API page path -> the anchors it must render
@@ -179,11 +181,9 @@ def on_files(files: Files, config) -> Files:
             _add(files, File(rel, str(REPO), config["site_dir"], config["use_directory_urls"]))
     executed = pathlib.Path(tempfile.mkdtemp(prefix="aecore-notebooks-"))
     _executed_dirs.append(executed)
-    started = time.monotonic()
     notebooks = sorted(REPO.glob("notebooks/*.ipynb"))
-    asyncio.run(_execute_notebooks(notebooks, executed / "notebooks"))
-    log.info(f"executed {len(notebooks)} notebooks in {time.monotonic() - started:.0f} s")
-    for path in sorted((executed / "notebooks").glob("*.ipynb")):
+    _notebook_runs.append(_start(_execute_notebooks(notebooks, executed / "notebooks")))
+    for path in notebooks:  # their executed copies, written while the other pages build
         rel = f"notebooks/{path.name}"
         _add(files, File(rel, str(executed), config["site_dir"], config["use_directory_urls"]))
     for path, png in _benchmark_figures().items():
@@ -210,6 +210,17 @@ async def _execute_notebooks(paths: list[pathlib.Path], out_dir: pathlib.Path) -
     env.setdefault("AECORE_NOTEBOOK_QUICK", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.pop("MPLBACKEND", None)
+    if env["AECORE_NOTEBOOK_QUICK"] == "1":
+        # As in the tests (tests/conftest.py): quick runs are compile-bound, so XLA:CPU skips
+        # its LLVM optimisation passes (same IEEE arithmetic), and the kernels share one
+        # compilation cache for this build.
+        if "--xla_backend_optimization_level" not in env.get("XLA_FLAGS", ""):
+            env["XLA_FLAGS"] = (
+                env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+            ).strip()
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(out_dir.parent / "jax-cache"))
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
     async def run(path: pathlib.Path) -> None:
         nb = nbformat.read(path, as_version=4)
@@ -232,6 +243,34 @@ async def _execute_notebooks(paths: list[pathlib.Path], out_dir: pathlib.Path) -
         nbformat.write(nb, out_dir / path.name)
 
     await asyncio.gather(*(run(path) for path in paths))
+
+
+def _start(coroutine) -> list:
+    """Runs `coroutine` in a thread (the kernels compile while MkDocs builds the other pages);
+    returns [thread, errors]."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            asyncio.run(coroutine)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the build's own thread
+            errors.append(error)
+        log.info(f"notebooks executed in {time.monotonic() - started:.0f} s")
+
+    thread = threading.Thread(target=run, name="aecore-notebooks", daemon=True)
+    thread.start()
+    return [thread, errors]
+
+
+@event_priority(100)  # before mkdocs-jupyter reads the executed copy
+def on_pre_page(page, config, files):
+    if page.file.src_uri.endswith(".ipynb"):
+        for thread, errors in _notebook_runs:
+            thread.join()
+            if errors:
+                raise errors[0]
+    return page
 
 
 def _site_path(repo_path: str) -> str | None:
@@ -292,6 +331,7 @@ def on_post_page(output: str, page, config) -> str:
 
 
 def on_post_build(config) -> None:
+    _notebook_runs.clear()
     while _executed_dirs:
         shutil.rmtree(_executed_dirs.pop(), ignore_errors=True)
 
