@@ -127,3 +127,25 @@ def test_every_public_module_has_an_api_page(monkeypatch):
     )
     with pytest.raises(PluginError, match="aecore.stats"):
         hook._check_every_module_listed()
+
+
+def test_a_failing_notebook_fails_the_build(tmp_path):
+    import asyncio
+
+    import nbformat
+    from mkdocs.exceptions import PluginError
+
+    hook = _hook()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("x / 0")]
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(PluginError, match="broken.ipynb failed:(.|\n)*ZeroDivisionError"):
+        asyncio.run(hook._execute_notebooks([path], tmp_path / "executed"))
+    nb.cells = nb.cells[:1]
+    nbformat.write(nb, path)
+    asyncio.run(hook._execute_notebooks([path], tmp_path / "executed-ok"))
+    assert (
+        nbformat.read(tmp_path / "executed-ok" / "broken.ipynb", as_version=4).cells[0].source
+        == "x = 1"
+    )
