@@ -107,7 +107,8 @@ def contractive(
       encode: maps one example to its code (e.g. `model.encode`, any module or function).
       x: batch [B, *input_shape] (the clean inputs).
       weight: λ >= 0.
-      mode, chunk_size: see `aecore.jacobian.frobenius_sq`.
+      mode: the exact route, see `aecore.jacobian.frobenius_sq`.
+      chunk_size: examples per chunk, see `aecore.jacobian.frobenius_sq`.
 
     Returns:
       [B] penalties.
@@ -142,7 +143,8 @@ def contractive_higher_order(
       weight: γ >= 0.
       sigma: σ >= 0 of the corruption.
       num_corruptions: draws of ε for form="monte_carlo".
-      mode, chunk_size: the exact Jacobian route, as in `jacobian.frobenius_sq_diff`.
+      mode: the exact Jacobian route, as in `jacobian.frobenius_sq_diff`.
+      chunk_size: examples per chunk, as in `jacobian.frobenius_sq_diff`.
       form: "monte_carlo" (a mean over `num_corruptions` draws, each ‖·‖²_F exact: noisy),
         "expected" (the expectation itself, no noise: one elementwise layer only, see
         `jacobian.frobenius_sq_diff_expected`) or "hessian" (its σ → 0 limit
@@ -279,7 +281,8 @@ def contractive_term(
       layer: None penalizes the code, `model.encode`; or a function `layer(model, x) -> vector`
         of ONE example, e.g. `lambda m, x: m.encoder.hidden(x)`, to penalize a chosen hidden
         layer of a deep encoder.
-      mode, chunk_size: the exact route, see `aecore.jacobian.frobenius_sq`.
+      mode: the exact route, see `aecore.jacobian.frobenius_sq`.
+      chunk_size: examples per chunk, see `aecore.jacobian.frobenius_sq`.
       probes: > 0 replaces the exact value by an ESTIMATE with that many probes
         (`jacobian.frobenius_sq_estimate`), using the term's key.
       estimator: the estimate's method (`jacobian.ESTIMATOR_METHODS`; default Hutchinson by

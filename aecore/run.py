@@ -489,7 +489,8 @@ def prepare(
       dataset: data to train on instead of loading `config.data.name` (see `load_data`).
 
     Raises:
-      One of `USER_ERRORS`, whose message names the bad value and what is allowed.
+      ValueError: (or another of `USER_ERRORS`) a bad value; the message names it and what is
+        allowed.
     """
     _checks.check_choice("existing", existing, EXISTING_RUN)
     workdir = os.fspath(workdir)

@@ -136,8 +136,8 @@ def ordering_verdict(
 
     Returns:
       {"verdict", "alpha", "test", "summary": {name: {"mean", "se", "n"}},
-       "pairs": [{"a", "b", "mean_diff", "se_diff", "p_less", "p_greater", "p_less_holm",
-       "p_greater_holm", "status"}]}.
+        "pairs": [{"a", "b", "mean_diff", "se_diff", "p_less", "p_greater", "p_less_holm",
+        "p_greater_holm", "status"}]}.
 
     Raises:
       ValueError: a name of `order` missing from `scores`, repeated names, bad alpha, or

@@ -13,3 +13,9 @@ pytest_ignore_collect  # tests/conftest.py: pytest hooks
 pytest_collection_modifyitems
 standard_promotion  # tests/test_benchmarks.py: a fixture, used by name
 _.no_such_field  # tests/test_cli.py: set to show that an unknown config key raises
+on_config  # docs/hooks/site.py: MkDocs calls a hook's event functions by name
+on_files
+on_page_markdown
+on_post_page
+on_post_build
+on_pre_page
