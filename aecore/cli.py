@@ -23,7 +23,15 @@ import jax
 import numpy as np
 
 from aecore import _checks, configs, distributed
-from aecore.train.rundir import DATA_FILE, METRICS_FILE, RunDir, StorageError, hold_lock
+from aecore.train.rundir import (
+    DATA_FILE,
+    METRICS_FILE,
+    RunDir,
+    StorageError,
+    WorkdirBusy,
+    hold_lock,
+    release_lock,
+)
 
 # `aecore encode` refuses data of which more than RANGE_FRACTION of the values lie outside the
 # [min, max] of the data the run was trained from (the whole file: train and test splits),
@@ -245,17 +253,23 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
     except ValueError as e:
         raise UserError(_checks.one_line(e)) from e
     try:
-        hold_lock(workdir, create=False)  # a run another process is writing: refuse at once
-        config = configs.override(configs.get_config(args.config, quick=args.quick), overrides)
-        if args.data is not None:
-            config.data.name = args.data
-        existing = "resume_as_is" if args.resume_as_is else "refuse"
-        existing = "overwrite" if args.overwrite else existing
-        # Validates all (the config becomes one RunConfig there) and writes nothing.
-        prepared = aerun.prepare(config, workdir, existing=existing)
-    except aerun.USER_ERRORS as e:
-        raise UserError(_checks.one_line(e)) from e
-    _, metrics = aerun.run_prepared(prepared)
+        try:
+            hold_lock(workdir, create=False)  # a run another process is writing: refuse now
+            config = configs.override(configs.get_config(args.config, quick=args.quick), overrides)
+            if args.data is not None:
+                config.data.name = args.data
+            existing = "resume_as_is" if args.resume_as_is else "refuse"
+            existing = "overwrite" if args.overwrite else existing
+            # Validates all (the config becomes one RunConfig there) and writes nothing.
+            prepared = aerun.prepare(config, workdir, existing=existing)
+        except aerun.USER_ERRORS as e:
+            raise UserError(_checks.one_line(e)) from e
+        try:
+            _, metrics = aerun.run_prepared(prepared)
+        except WorkdirBusy as e:  # another process took a new workdir first: nothing written
+            raise UserError(_checks.one_line(e)) from e
+    finally:
+        release_lock(workdir)
     if jax.process_index() == 0:
         _print_metrics(metrics, workdir)
     distributed.shutdown()

@@ -34,6 +34,7 @@ from aecore.train.rundir import (
     METRICS_FILE,
     RunDir,
     hold_lock,
+    release_lock,
     storage_error,
 )
 
@@ -526,7 +527,7 @@ def _check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
 
     Raises:
       ValueError: the checkpoint holds a model or optimizer state of other shapes.
-      CheckpointError: the checkpoint is truncated or corrupted.
+      CheckpointError: no checkpoint is intact.
     """
     run = RunDir(workdir)
     if not run.has_checkpoint_dir():  # nothing to resume; do not create the directory here
@@ -534,8 +535,8 @@ def _check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
     with run.checkpointer() as ckpt:
         if ckpt.latest_step() is None:
             return
-        try:
-            ckpt.restore(model, init_optimizer(make_optimizer(train_config), model))
+        try:  # as the resume will: damaged newer steps are skipped (`fit` says which)
+            ckpt.restore(model, init_optimizer(make_optimizer(train_config), model), fallback=True)
         except ValueError as e:
             raise ValueError(
                 f"{e}; train in another workdir, continue the run saved there with its own "
@@ -677,18 +678,21 @@ def _train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
 def run_prepared(run: Prepared, *, figures: bool = True) -> tuple[FitResult, dict[str, Any]]:
     """Trains (or resumes) a `prepare`d run, evaluates it and writes its outputs (`figures`:
     also the figures); returns the fit result and the metrics (as in WORKDIR/metrics.json)."""
-    result, metrics = _train_prepared(run)
-    if jax.process_index() != 0:  # evaluation, metrics.json and figures: process 0 alone
-        return result, metrics
-    return result, finish_run(
-        result.model,
-        run.ds,
-        run.config,
-        run.workdir,
-        history=result.history,
-        metrics=metrics,
-        figures=figures,
-    )
+    try:
+        result, metrics = _train_prepared(run)
+        if jax.process_index() != 0:  # evaluation, metrics.json and figures: process 0 alone
+            return result, metrics
+        return result, finish_run(
+            result.model,
+            run.ds,
+            run.config,
+            run.workdir,
+            history=result.history,
+            metrics=metrics,
+            figures=figures,
+        )
+    finally:
+        release_lock(run.workdir)
 
 
 def train_and_evaluate(
@@ -702,8 +706,8 @@ def train_and_evaluate(
     The whole run is validated first (`prepare`): bad input, or a workdir that holds a run with
     another config (unless `existing` says otherwise, see `prepare`), raises before anything
     in `workdir` is created or overwritten. One process writes a workdir at a time: this one
-    holds WORKDIR/aecore.lock (`rundir.hold_lock`) for its life, and a workdir another
-    process holds is refused (ValueError naming its PID).
+    holds WORKDIR/aecore.lock (`rundir.hold_lock`) while it trains and evaluates, and a
+    workdir another process holds is refused (ValueError naming its PID).
 
     Writes WORKDIR/config.json, data.json (the training data's shape, range and sha256),
     checkpoints, metrics.jsonl and tb/ (by `aecore.train.fit`), then metrics.json, then the
@@ -714,5 +718,9 @@ def train_and_evaluate(
       `saturation`, `linear_probe_accuracy` (labelled data only), `steps`, `wall_time_s`,
       `final_eval_reconstruction`, `figures` (name -> path).
     """
-    hold_lock(os.fspath(workdir), create=False)  # a run being written elsewhere: refuse now
-    return run_prepared(prepare(config, workdir, existing=existing))[1]
+    workdir = os.fspath(workdir)
+    hold_lock(workdir, create=False)  # a run another process is writing: refuse now
+    try:
+        return run_prepared(prepare(config, workdir, existing=existing))[1]
+    finally:
+        release_lock(workdir)

@@ -64,6 +64,10 @@ _OWN_CHECKPOINT_ENTRY = re.compile(r"^\d+(\.orbax-checkpoint-tmp-\d+|\.damaged(\
 _OWN_TB_ENTRY = re.compile(r"^events\.out\.tfevents\.")
 
 
+class WorkdirBusy(ValueError):
+    """Another process holds the workdir's lock (the message names its PID)."""
+
+
 class StorageError(RuntimeError):
     """Writing a run's file failed (disk full, read-only, ...): the message names the file and
     what was kept; the `aecore` command prints it as one line and exits with code 1."""
@@ -74,15 +78,16 @@ _HELD_LOCKS: dict[str, Any] = {}
 
 
 def hold_lock(workdir: str, *, create: bool = True) -> None:
-    """Takes WORKDIR/aecore.lock (fcntl.flock) for the rest of this process's life.
+    """Takes WORKDIR/aecore.lock (fcntl.flock) until `release_lock` or the process ends.
 
     The OS releases it when the process ends, however it ends, so a lock left by a killed
-    process never blocks. Only process 0 of a multi-process run takes it. Without `create`,
-    only a lock file that exists is taken (nothing is written into a folder before a run is
-    validated). A filesystem without locks (some network mounts) costs a warning.
+    process never blocks. Only process 0 of a multi-process run takes it; the file then holds
+    its PID. Without `create`, only a lock file that exists is taken (nothing is written into
+    a folder before a run is validated). Taking a lock this process holds does nothing. A
+    filesystem without locks (some network mounts) costs a warning.
 
     Raises:
-      ValueError: another process holds the lock (names its PID); nothing was written.
+      WorkdirBusy: another process holds the lock (names its PID); nothing was written.
     """
     if jax.process_index() != 0:
         return
@@ -101,7 +106,7 @@ def hold_lock(workdir: str, *, create: bool = True) -> None:
         f.seek(0)
         holder = f.read().strip() or "unknown"
         f.close()
-        raise ValueError(
+        raise WorkdirBusy(
             f"{workdir} is being written by another aecore process (PID {holder}, holding "
             f"{path}); wait for it to finish, or use another --workdir"
         ) from None
@@ -110,6 +115,13 @@ def hold_lock(workdir: str, *, create: bool = True) -> None:
     f.write(f"{os.getpid()}\n")
     f.flush()
     _HELD_LOCKS[key] = f
+
+
+def release_lock(workdir: str) -> None:
+    """Releases WORKDIR/aecore.lock if this process holds it (the file stays)."""
+    f = _HELD_LOCKS.pop(os.path.realpath(os.path.join(workdir, LOCK_FILE)), None)
+    if f is not None:
+        f.close()  # closing the one descriptor drops the flock
 
 
 def _own_entries(path: str, pattern: re.Pattern) -> list[str]:
