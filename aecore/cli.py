@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -401,6 +402,9 @@ def main(argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None
         exit_on_error = argv is None
     if exit_on_error:
         sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+        # orbax logs each failed write of its threads with a traceback (hundreds of lines on a
+        # full disk); the command reports the failure itself, in its one `error:` line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         return _main(sys.argv[1:] if argv is None else list(argv))
     except Exception as e:

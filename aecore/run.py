@@ -33,6 +33,7 @@ from aecore.train.rundir import (
     MARKER_FILE,
     METRICS_FILE,
     RunDir,
+    StorageError,
     hold_lock,
     release_lock,
     storage_error,
@@ -446,8 +447,7 @@ def finish_run(
         last = [r["eval_reconstruction"] for r in history if "eval_reconstruction" in r]
         if last:
             metrics["final_eval_reconstruction"] = last[-1]
-    run = RunDir(workdir)
-    run.write_json(METRICS_FILE, metrics)  # StorageError when it cannot: never a success
+    _write_metrics(workdir, metrics, "the checkpoints")
     if not figures:
         return metrics
     figures = {  # figures drawn earlier and still on disk stay listed
@@ -455,8 +455,18 @@ def finish_run(
     }
     figures.update(_save_figures(model, ds, config, workdir, history=history))
     metrics["figures"] = figures
-    run.write_json(METRICS_FILE, metrics)
+    _write_metrics(workdir, metrics, "the checkpoints, metrics.json without the figures' paths")
     return metrics
+
+
+def _write_metrics(workdir: str, metrics: dict[str, Any], kept: str) -> None:
+    """Writes metrics.json; a run whose metrics cannot be written never reports success."""
+    try:
+        RunDir(workdir).write_json(METRICS_FILE, metrics)
+    except StorageError as e:
+        raise StorageError(
+            f"{e}; kept: {kept} (`aecore evaluate {workdir}` writes it once there is space)"
+        ) from e
 
 
 def is_aecore_run(workdir: str) -> bool:

@@ -15,6 +15,7 @@ WORKDIR/
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -379,6 +380,10 @@ class RunWriter:
         except Exception as e:
             if not _is_storage_failure(e):
                 raise
+            if self.lead:  # the partial step is never used: give its space back
+                for name in os.listdir(self._ckpt.directory):
+                    if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+                        shutil.rmtree(os.path.join(self._ckpt.directory, name), True)
             raise storage_error(
                 os.path.join(self._ckpt.directory, str(step)), e, self.kept()
             ) from e
@@ -389,7 +394,7 @@ class RunWriter:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            _close_events(self._tb, self.run.file(TB_DIR))
         if self._ckpt is not None:
             self._ckpt.close()
 
@@ -414,8 +419,25 @@ def _is_storage_failure(e: BaseException) -> bool:
     )
 
 
+def _close_events(writer, path: str) -> None:
+    """Closes a TensorBoard writer; events it cannot flush (a full disk) cost a warning, and
+    its exit-time cleanup, which would fail again with a traceback, is disarmed."""
+    try:
+        writer.close()
+    except OSError as e:
+        for w in getattr(writer, "all_writers", {}).values():
+            events = w.event_writer
+            if not events._closed:
+                with contextlib.suppress(Exception):
+                    events._worker.stop()
+                events._closed = True
+        _checks.warn(f"TensorBoard events in {path} not all written ({e.strerror or e})")
+
+
 def storage_error(path: str, e: BaseException, kept: str | None = None) -> StorageError:
     """One line: which file could not be written, why, and what is kept."""
-    why = e.strerror if isinstance(e, OSError) and e.strerror else _checks.one_line(e, limit=120)
+    words = [w for w in _STORAGE_WORDS if w in str(e)]
+    why = e.strerror if isinstance(e, OSError) and e.strerror else None
+    why = why or (words[0] if words else _checks.one_line(e, limit=120))
     tail = f"; kept: {kept}" if kept else ""
     return StorageError(f"could not write {path} ({why}){tail}")
