@@ -113,7 +113,7 @@ def one_line(e: BaseException | str, *, limit: int | None = None) -> str:
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
-_BOUND_METHOD = re.compile(r"<bound method [^>]*>")
+_BOUND_METHOD = re.compile(r"<bound method (?:[^<>]|<[^<>]*>)*>")
 
 
 def warn(message: str) -> None:

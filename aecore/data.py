@@ -697,6 +697,8 @@ def _user_file(name: str | os.PathLike[str]) -> str:
     """Returns the path of a supported existing file or raises the error that explains why not."""
     path = os.fspath(name)
     suffix = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise ValueError(f"dataset path {path!r} is a directory, not a data file")
     if suffix in FILE_SUFFIXES or os.path.exists(path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"dataset file {path!r} does not exist (or is not a file)")
