@@ -630,6 +630,8 @@ def prepare(
     _check_loss_fits_data(config, ds)
     _check_batch_fits_data(config.train, ds)
     model = build_model(config, ds.input_shape)
+    if existing != "overwrite":  # a damaged metric log is refused now, in one line
+        RunDir(workdir).history(warn=False)
     if existing == "refuse":
         _check_same_run(workdir, config, stats["record"], model)
     elif existing == "resume_as_is":

@@ -194,12 +194,12 @@ class RunDir:
                 os.remove(tmp)
             raise storage_error(path, e) from e
 
-    def history(self, upto: int | None = None) -> list[dict] | None:
+    def history(self, upto: int | None = None, *, warn: bool = True) -> list[dict] | None:
         """The records of metrics.jsonl (those up to step `upto` if given), or None without one.
 
         Records after `upto` belong to a part of a run that was lost (not checkpointed). A
-        torn last line (what a power loss leaves) is dropped with a one-line warning: the
-        checkpoint, not the log, is the truth. A damaged line before the last one raises.
+        torn last line (what a power loss leaves) is dropped with a one-line warning (`warn`):
+        the checkpoint, not the log, is the truth. A damaged line before the last one raises.
 
         Raises:
           ValueError: a line other than the last is not a JSON record (names file and line).
@@ -221,7 +221,8 @@ class RunDir:
                         f"{path}: line {i} is not a JSON record ({_checks.one_line(e)}); "
                         "delete that line to resume"
                     ) from None
-                _checks.warn(f"{path}: dropped its torn last line {i} (an interrupted write)")
+                if warn:
+                    _checks.warn(f"{path}: dropped its torn last line {i} (an interrupted write)")
                 continue
             records.append(record)
         return records if upto is None else [r for r in records if r.get("step", 0) <= upto]
