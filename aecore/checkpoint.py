@@ -149,6 +149,7 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int = 3):
         _checks.check_positive_int("max_to_keep", max_to_keep)
         self.directory = os.path.abspath(os.fspath(directory))
+        self.skipped: list[tuple[int, str]] = []  # (step, why) a fallback restore passed over
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -277,7 +278,7 @@ class Checkpointer:
           ValueError: the checkpoint holds arrays of other shapes (names both).
           CheckpointError: the checkpoint is damaged (with `fallback`: every step is).
         """
-        self.skipped: list[tuple[int, str]] = []
+        self.skipped = []
         if not fallback or step is not None:
             return self._restore(model, opt_state, self._step(step))
         steps = self.all_steps()

@@ -305,8 +305,9 @@ class RunWriter:
         return None if self.run is None else self.run.file(CHECKPOINT_DIR)
 
     def resume(self, model, opt_state) -> tuple[Any, Any, int, list[dict]]:
-        """(model, opt_state, step, history) of the latest checkpoint, or as given at step 0.
+        """(model, opt_state, step, history) of the newest intact checkpoint, or as given at 0.
 
+        Damaged newer steps are renamed `<step>.damaged` (kept) with a one-line warning each.
         The history keeps the records up to the restored step; metrics.jsonl is rewritten so.
         """
         if self.run is None:
