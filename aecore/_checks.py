@@ -113,7 +113,8 @@ def one_line(e: BaseException | str, *, limit: int | None = None) -> str:
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
-_BOUND_METHOD = re.compile(r"<bound method (?:[^<>]|<[^<>]*>)*>")
+# tensorstore's errors end their first line with a pybind11 method's repr, closed or not.
+_BOUND_METHOD = re.compile(r"(See full TensorStore details: )?<bound method (?:[^<>]|<[^<>]*>)*>?")
 
 
 def warn(message: str) -> None:

@@ -425,18 +425,34 @@ def main(argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None
         raise SystemExit(130) from None
 
 
+def _from_orbax(unraisable) -> bool:
+    """Whether an unraisable exception is orbax's cleanup after a failed read: "Event loop is
+    closed" from a future's callback, or the error of one of its read coroutines reported again
+    when the coroutine is collected (the command has reported the failure once already)."""
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+        return True
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _quiet_closed_loop(hook):
-    """`hook` without orbax's "Event loop is closed" reports, which can arrive by the dozen
-    after a failed read (a future's callback outliving orbax's asyncio loop) and bury the one
-    `error:` line; every other unraisable exception is reported by `hook` as before."""
+    """`hook` without orbax's cleanup reports (`_from_orbax`), which can arrive by the dozen
+    after a failed read and bury the one `error:` line; every other unraisable exception is
+    reported by `hook` as before."""
     if getattr(hook, "aecore_quiet", False):
         return hook
 
     def quiet(unraisable) -> None:
-        e = unraisable.exc_value
-        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
-            return
-        hook(unraisable)
+        if not _from_orbax(unraisable):
+            hook(unraisable)
 
     quiet.aecore_quiet = True
     return quiet

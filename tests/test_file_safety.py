@@ -567,16 +567,26 @@ def test_messages_name_the_file_and_carry_no_noise(tmp_path, capsys):
     # tensorstore's errors can carry a pybind11 method's repr; the one-line form drops it.
     e = ValueError("DATA_LOSS: Error reading <bound method pybind11_object.x of <Spec>>: eof")
     assert _checks.one_line(e, limit=200) == "ValueError: DATA_LOSS: Error reading : eof"
+    e = Exception(
+        "Error reading (0, 1). See full TensorStore details: <bound method pybind11_x.spec "
+        "of TensorStore({\n  'driver': 'zarr'})>."
+    )
+    assert _checks.one_line(e, limit=200) == "Exception: Error reading (0, 1)."
     # orbax's "Event loop is closed" reports are dropped; any other one is still reported.
     seen = []
     hook = _quiet_closed_loop(seen.append)
 
     class Unraisable:
-        def __init__(self, e):
-            self.exc_value = e
+        def __init__(self, e, obj=None):
+            self.exc_value, self.exc_traceback, self.object = e, e.__traceback__, obj
+
+    async def read():  # a coroutine of this file, not of orbax
+        pass
 
     hook(Unraisable(RuntimeError("Event loop is closed")))
-    hook(Unraisable(RuntimeError("something else")))
+    mine = read()
+    hook(Unraisable(ValueError("something else"), mine))
+    mine.close()
     assert [str(u.exc_value) for u in seen] == ["something else"]
 
 
