@@ -99,10 +99,7 @@ class UserAE(nnx.Module):
 def _user_state(seed=0):
     model = UserAE(nnx.Rngs(seed))
     opt = optax.adam(1e-3)
-    opt_state = opt.init(nnx.state(model, nnx.Param))
-    # Non-zero moments, so that every stored array holds information.
-    opt_state = jax.tree.map(lambda x: x + 0.5 if x.dtype == np.float32 else x, opt_state)
-    return model, opt_state
+    return model, opt.init(nnx.state(model, nnx.Param))
 
 
 def _saved(tmp_path, steps=(1,)):

@@ -364,14 +364,13 @@ def test_damaged_newest_step_is_reported_with_the_fallback(run_copy, damage):
         checkpoint.restore_checkpoint(
             ckpts, _model(), train.init_optimizer(train.make_optimizer(_config()), _model())
         )
-    # A resume falls back to the newest intact step (never a silent re-init) and sets the
-    # damaged one aside; it ends where an uninterrupted run ends.
-    intact = 2 if step == "4" else 4
-    resumed = train.fit(_model(), OBJ, _data(), config=_config(num_steps=8), workdir=run_copy)
-    assert resumed.start_step == intact and os.path.isdir(newest + ".damaged")
-    assert [r["step"] for r in resumed.history] == list(range(2, 9, 2))
-    straight = train.fit(_model(), OBJ, _data(), config=_config(num_steps=8))
-    assert _max_diff(resumed.model, straight.model) <= 1e-6
+    # A resume falls back to the newest intact step (never a silent re-init); `fit` sets the
+    # damaged one aside and ends where an uninterrupted run ends (tested through the command
+    # in test_damaged_checkpoint_evaluate_refuses_and_train_resumes_from_the_intact_one).
+    with checkpoint.Checkpointer(ckpts) as ckpt:
+        model, _, restored, _ = ckpt.restore(_model(), fallback=True)
+        assert restored == (2 if step == "4" else 4) and [s for s, _ in ckpt.skipped] == [int(step)]
+    assert all(np.isfinite(v).all() for v in _leaves(model))
 
 
 def test_restore_never_unpickles(run_copy, monkeypatch):
