@@ -6,6 +6,8 @@ Each check raises ValueError naming the bad value and the allowed range, never `
 from __future__ import annotations
 
 import math
+import re
+import sys
 from collections.abc import Iterable
 
 import jax
@@ -107,4 +109,14 @@ def one_line(e: BaseException | str, *, limit: int | None = None) -> str:
     if limit is None:
         return " ".join(str(e).split()) or type(e).__name__
     text = " ".join(str(e).strip().split("\n")[0].split()).split(" [tensorstore_spec")[0]
+    text = _BOUND_METHOD.sub("", text).strip(" :")  # e.g. `<bound method pybind11_object...>`
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+# tensorstore's errors end their first line with a pybind11 method's repr, closed or not.
+_BOUND_METHOD = re.compile(r"(See full TensorStore details: )?<bound method (?:[^<>]|<[^<>]*>)*>?")
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (`warnings.warn` would add a file and a source line)."""
+    print(f"warning: {one_line(message)}", file=sys.stderr, flush=True)

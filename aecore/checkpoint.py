@@ -7,14 +7,22 @@ What a crash or damage does:
 - A step is written to a temporary directory (`<step>.orbax-checkpoint-tmp-*`) and renamed
   when complete, so a process killed during a save leaves the previous step as the latest:
   temporary directories are never listed, and `restore` uses the previous complete step.
-- A complete step whose files were later truncated or corrupted (or a step directory that is
-  empty or not an aecore checkpoint) is NOT skipped: `restore` raises `CheckpointError` naming
-  the step and the older step it would resume from once the damaged one is deleted. Falling
-  back silently would hide lost work; re-initializing silently would discard the run.
+- Once a step is complete, a digest (BLAKE2b) of every file it stored (the model's arrays, the
+  optimizer state's arrays, the metadata) is written beside them, last and atomically, as
+  `<step>/DIGEST_FILE`; its metadata records that it has one. Every restore checks the digests
+  before reading a value: a file that changed, vanished or appeared, or a missing digest
+  file, makes the step damaged (`CheckpointError`), never used.
+- A damaged step is never silently skipped either: `restore` raises `CheckpointError` naming
+  it and the older step it would use once the damaged one is deleted; only a resume
+  (`restore(..., fallback=True)`) falls back to the newest intact step, reporting the skipped
+  ones in `skipped`. Steps written before digests existed load with a one-line warning that
+  they cannot be verified.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Any
 
@@ -25,10 +33,48 @@ import orbax.checkpoint as ocp
 from aecore import _checks
 
 _MODEL, _OPT, _META = "model", "opt_state", "meta"
+# The digests of a step's files, written into the step's directory once the step is complete.
+DIGEST_FILE = "aecore_digest.json"
+# Pre-digest steps already reported as unverifiable (one warning per step and process).
+_UNVERIFIED_WARNED: set[str] = set()
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be read (truncated, corrupted, or not an aecore one)."""
+
+    why: str = ""  # the reason alone, without the step and the advice
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+    """BLAKE2b of every file under `step_dir` (relative path -> hex), the digest file aside."""
+    out = {}
+    for root, dirs, files in os.walk(step_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel == DIGEST_FILE:
+                continue
+            h = hashlib.blake2b(digest_size=32)
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            out[rel] = h.hexdigest()
+    return out
+
+
+def _digest_mismatch(recorded: dict[str, str], found: dict[str, str]) -> str | None:
+    """What differs between the recorded and the found digests (one phrase), or None."""
+    changed = sorted(k for k in recorded.keys() & found.keys() if recorded[k] != found[k])
+    missing = sorted(recorded.keys() - found.keys())
+    added = sorted(found.keys() - recorded.keys())
+    for what, names in (("changed since it was saved", changed), ("missing", missing)):
+        if names:
+            more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+            return f"file {names[0]}{more} {what}"
+    if added:
+        return f"file {added[0]} was added after it was saved"
+    return None
 
 
 def _leaf_key(i: int) -> str:
@@ -103,6 +149,7 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int = 3):
         _checks.check_positive_int("max_to_keep", max_to_keep)
         self.directory = os.path.abspath(os.fspath(directory))
+        self.skipped: list[tuple[int, str]] = []  # (step, why) a fallback restore passed over
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -135,6 +182,7 @@ class Checkpointer:
             "config": config or {},
             "model": _describe(model),
             "opt_state": None if opt_state is None else _describe(opt_state),
+            "digest_file": DIGEST_FILE,  # its absence then means damage, not an older step
         }
         items = {
             _MODEL: ocp.args.StandardSave(_as_dict(model)),
@@ -144,6 +192,56 @@ class Checkpointer:
             items[_OPT] = ocp.args.StandardSave(_as_dict(opt_state))
         self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
+        if jax.process_index() == 0:  # all processes' files are in place once orbax returns
+            self._write_digests(int(step))
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _write_digests(self, step: int) -> None:
+        """Records the digest of every file of `step`, atomically: a temporary file, a rename."""
+        path = os.path.join(self._step_dir(step), DIGEST_FILE)
+        record = {"algorithm": "blake2b-256", "files": _file_digests(self._step_dir(step))}
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+
+    def verify(self, step: int) -> bool:
+        """Checks every file of `step` against its recorded digest before any value is read.
+
+        Returns:
+          True when every digest matches; False for a step written before digests existed
+          (a one-line warning says it cannot be verified).
+
+        Raises:
+          CheckpointError: a file changed, vanished or appeared, or the digest file is missing
+            or unreadable for a step that recorded one.
+        """
+        path = os.path.join(self._step_dir(step), DIGEST_FILE)
+        if not os.path.exists(path):
+            if self.read_meta(step).get("digest_file"):  # written with one: lost since
+                raise self._unreadable(step, f"its {DIGEST_FILE} is missing", damaged=True)
+            key = f"{self.directory}:{step}"
+            if key not in _UNVERIFIED_WARNED:
+                _UNVERIFIED_WARNED.add(key)
+                _checks.warn(
+                    f"checkpoint step {step} in {self.directory} was written before aecore "
+                    "recorded digests: it cannot be verified, and is used as it is"
+                )
+            return False
+        try:
+            with open(path) as f:
+                recorded = json.load(f)["files"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise self._unreadable(
+                step, f"its {DIGEST_FILE} is unreadable: {e}", damaged=True
+            ) from e
+        mismatch = _digest_mismatch(recorded, _file_digests(self._step_dir(step)))
+        if mismatch:
+            raise self._unreadable(step, mismatch, damaged=True)
+        return True
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         """The JSON record of a step (latest if None): step, config, and array descriptions."""
@@ -159,14 +257,18 @@ class Checkpointer:
             raise self._unreadable(step, f"its metadata records step {meta['step']!r}")
         return meta
 
-    def restore(self, model, opt_state=None, *, step: int | None = None):
+    def restore(self, model, opt_state=None, *, step: int | None = None, fallback: bool = False):
         """Restores a step (latest if None) into pytrees shaped like `model` and `opt_state`.
+
+        Every file of the step is checked against its digest first (`verify`).
 
         Args:
           model: a freshly built model of the same configuration; its structure, shapes and
             dtypes are the template (its values are ignored).
           opt_state: template optimizer state, or None to restore the model only.
           step: which step; None for the latest.
+          fallback: with `step=None`, restore the newest intact step when newer ones are
+            damaged (what a resume does); the skipped steps and why are left in `skipped`.
 
         Returns:
           (model, opt_state or None, step, config dict).
@@ -174,9 +276,27 @@ class Checkpointer:
         Raises:
           FileNotFoundError: no checkpoint in the directory.
           ValueError: the checkpoint holds arrays of other shapes (names both).
-          CheckpointError: the checkpoint is truncated or corrupted.
+          CheckpointError: the checkpoint is damaged (with `fallback`: every step is).
         """
-        step = self._step(step)
+        self.skipped = []
+        if not fallback or step is not None:
+            return self._restore(model, opt_state, self._step(step))
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        for s in reversed(steps):
+            try:
+                return self._restore(model, opt_state, s)
+            except CheckpointError as e:
+                self.skipped.append((s, e.why))
+        raise CheckpointError(
+            f"no intact checkpoint in {self.directory}: "
+            + "; ".join(f"step {s}: {why}" for s, why in self.skipped)
+            + f"; move {self.directory} away to start over"
+        )
+
+    def _restore(self, model, opt_state, step: int):
+        self.verify(step)
         meta = self.read_meta(step)
         _check_compatible("model", meta["model"], model, self.directory)
         items = {_MODEL: ocp.args.StandardRestore(_abstract(model))}
@@ -205,14 +325,16 @@ class Checkpointer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _unreadable(self, step: int, why: str) -> CheckpointError:
+    def _unreadable(self, step: int, why: str, *, damaged: bool = False) -> CheckpointError:
         older = [s for s in self.all_steps() if s < step]
-        path = os.path.join(self.directory, str(step))
+        path = self._step_dir(step)
         then = f"to resume from step {older[-1]}" if older else "to start over"
-        return CheckpointError(
-            f"checkpoint step {step} in {self.directory} is unreadable ({why}); "
-            f"delete {path} {then}"
+        state = "damaged" if damaged else "unreadable"
+        error = CheckpointError(
+            f"checkpoint step {step} in {self.directory} is {state} ({why}); delete {path} {then}"
         )
+        error.why = f"{state} ({why})"
+        return error
 
     def _step(self, step: int | None) -> int:
         if step is None:

@@ -2,8 +2,9 @@
 
 aecore train CONFIG [--quick] [--data PATH_OR_NAME] [--workdir DIR] [--config.KEY=VALUE ...]
              [--resume-as-is | --overwrite]
-aecore evaluate WORKDIR
-aecore encode WORKDIR --data PATH_OR_NAME --out codes.npy [--allow-out-of-range]
+aecore evaluate WORKDIR [--allow-different-data]
+aecore encode WORKDIR --data PATH_OR_NAME --out codes.npy [--allow-out-of-range] [--overwrite]
+              [--allow-different-data]
 aecore config NAME [--quick]
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import sys
 import textwrap
@@ -21,7 +24,15 @@ import jax
 import numpy as np
 
 from aecore import _checks, configs, distributed
-from aecore.train.rundir import DATA_FILE, METRICS_FILE, RunDir
+from aecore.train.rundir import (
+    DATA_FILE,
+    METRICS_FILE,
+    RunDir,
+    StorageError,
+    WorkdirBusy,
+    hold_lock,
+    release_lock,
+)
 
 # `aecore encode` refuses data of which more than RANGE_FRACTION of the values lie outside the
 # [min, max] of the data the run was trained from (the whole file: train and test splits),
@@ -111,8 +122,9 @@ def _add_train(sub) -> None:
     existing.add_argument(
         "--overwrite",
         action="store_true",
-        help="the workdir holds a run: delete it (its checkpoints, logs, metrics and figures; "
-        "other files stay) and train CONFIG from scratch",
+        help="the workdir holds a run aecore wrote (it is marked by aecore_run.json): delete "
+        "the files aecore wrote there (checkpoints, logs, metrics, figures; other files stay) "
+        "and train CONFIG from scratch; a folder aecore did not mark is refused",
     )
     _add_processes(t)
 
@@ -151,9 +163,20 @@ def _add_evaluate(sub) -> None:
         description="Reload the latest checkpoint and config of WORKDIR, evaluate the model on "
         "the config's test split, print the metrics and update WORKDIR/metrics.json (keys it "
         "does not recompute, e.g. final_eval_reconstruction and wall_time_s, are kept), then "
-        "redraw the figures.",
+        "redraw the figures. The data must be the data the run was trained on (its sha256 "
+        "in WORKDIR/data.json); metrics.json records which data it was computed on.",
     )
     e.add_argument("workdir", metavar="WORKDIR")
+    _add_allow_different_data(e)
+
+
+def _add_allow_different_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-different-data",
+        action="store_true",
+        help="the run's training data file changed since training (its sha256 differs from "
+        "the one in data.json): use it anyway, with a warning",
+    )
 
 
 def _add_encode(sub) -> None:
@@ -171,7 +194,14 @@ def _add_encode(sub) -> None:
     )
     c.add_argument("workdir", metavar="WORKDIR")
     c.add_argument("--data", required=True, help="a .npy file, another data file, or a name")
-    c.add_argument("--out", required=True, help="output .npy file for the codes")
+    c.add_argument(
+        "--out",
+        required=True,
+        help="output .npy file for the codes (.npy is appended when missing); an existing "
+        "file is refused unless --overwrite, and the --data file always is",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _add_allow_different_data(c)
     c.add_argument("--batch-size", type=int, default=512)
     c.add_argument(
         "--allow-out-of-range",
@@ -211,6 +241,8 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
     from aecore import run as aerun
 
     workdir = args.workdir or os.path.join("runs", args.config)
+    if not math.isfinite(args.join_timeout) or args.join_timeout <= 0:
+        raise UserError(f"--join-timeout must be a number of seconds > 0, got {args.join_timeout}")
     try:  # before anything touches a device: the run's devices span every process
         distributed.initialize(
             args.coordinator,
@@ -222,16 +254,23 @@ def _train(args, overrides: list[str]) -> dict[str, Any]:
     except ValueError as e:
         raise UserError(_checks.one_line(e)) from e
     try:
-        config = configs.override(configs.get_config(args.config, quick=args.quick), overrides)
-        if args.data is not None:
-            config.data.name = args.data
-        existing = "resume_as_is" if args.resume_as_is else "refuse"
-        existing = "overwrite" if args.overwrite else existing
-        # Validates all (the config becomes one RunConfig there) and writes nothing.
-        prepared = aerun.prepare(config, workdir, existing=existing)
-    except aerun.USER_ERRORS as e:
-        raise UserError(_checks.one_line(e)) from e
-    _, metrics = aerun.run_prepared(prepared)
+        try:
+            hold_lock(workdir, create=False)  # a run another process is writing: refuse now
+            config = configs.override(configs.get_config(args.config, quick=args.quick), overrides)
+            if args.data is not None:
+                config.data.name = args.data
+            existing = "resume_as_is" if args.resume_as_is else "refuse"
+            existing = "overwrite" if args.overwrite else existing
+            # Validates all (the config becomes one RunConfig there) and writes nothing.
+            prepared = aerun.prepare(config, workdir, existing=existing)
+        except aerun.USER_ERRORS as e:
+            raise UserError(_checks.one_line(e)) from e
+        try:
+            _, metrics = aerun.run_prepared(prepared)
+        except WorkdirBusy as e:  # another process took a new workdir first: nothing written
+            raise UserError(_checks.one_line(e)) from e
+    finally:
+        release_lock(workdir)
     if jax.process_index() == 0:
         _print_metrics(metrics, workdir)
     distributed.shutdown()
@@ -245,11 +284,15 @@ def _evaluate(args) -> dict[str, Any]:
 
     started = time.perf_counter()
     config = aerun.read_config(args.workdir)
-    ds, _ = aerun.load_data(config.data)
+    aerun.check_workdir(args.workdir)  # it writes metrics.json and figures there
+    ds, _, data = aerun.load_run_data(
+        args.workdir, config, allow_different=args.allow_different_data
+    )
     model, step = aerun.restore_model(args.workdir, config, ds.input_shape)
     run = RunDir(args.workdir)
     kept = run.read_json(METRICS_FILE) or {}
     kept["steps"] = step
+    kept["data"] = data
     kept["evaluate_wall_time_s"] = round(time.perf_counter() - started, 2)
     history = run.history()
     metrics = aerun.finish_run(model, ds, config, args.workdir, history=history, metrics=kept)
@@ -288,12 +331,16 @@ def _check_range(args, x: np.ndarray, record: dict[str, Any]) -> None:
 def _encode(args) -> np.ndarray:
     from aecore import evaluate
     from aecore import run as aerun
-    from aecore.data import load_dataset
+    from aecore.data import load_array, load_dataset
 
     config = aerun.read_config(args.workdir)
-    ds, stats = aerun.load_data(config.data)  # the training statistics of the run
+    out = _encode_out(args)
+    # The training statistics of the run, from the data it was trained on.
+    ds, stats, _ = aerun.load_run_data(
+        args.workdir, config, allow_different=args.allow_different_data
+    )
     if str(args.data).endswith(".npy"):
-        x = np.load(args.data, allow_pickle=False)
+        x = load_array(args.data)
     else:
         new = load_dataset(args.data, data_dir=config.data.data_dir, seed=config.data.seed)
         x = np.concatenate([new.x_train, new.x_test])
@@ -311,25 +358,53 @@ def _encode(args) -> np.ndarray:
     x = ((x - stats["shift"]) / stats["scale"]).astype(np.float32)
     model, _ = aerun.restore_model(args.workdir, config, ds.input_shape)
     codes = evaluate.encode(model, x, batch_size=args.batch_size)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    np.save(args.out, codes)
-    print(f"wrote codes {codes.shape} of {x.shape[0]} examples to {args.out}")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        tmp = f"{out}.tmp.npy"  # written whole, then renamed: an old --out survives a failure
+        np.save(tmp, codes)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise StorageError(f"could not write {out} ({e.strerror or e}); nothing was kept") from e
+    print(f"wrote codes {codes.shape} of {x.shape[0]} examples to {out}")
     return codes
+
+
+def _encode_out(args) -> str:
+    """The file `encode` writes (np.save's name: `.npy` appended), refused where unsafe."""
+    out = os.fspath(args.out)
+    out = out if out.endswith(".npy") else f"{out}.npy"
+    data = os.fspath(args.data)
+    if os.path.realpath(out) == os.path.realpath(data) or (
+        os.path.exists(out) and os.path.exists(data) and os.path.samefile(out, data)
+    ):
+        raise ValueError(f"--out {out} is the --data file; write the codes to another file")
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a directory; name a .npy file")
+    if os.path.lexists(out) and not args.overwrite:
+        raise ValueError(f"--out {out} exists; pass --overwrite to replace it, or another --out")
+    return out
 
 
 def main(argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None) -> Any:
     """Entry point of the `aecore` console script; returns the command's result (for tests).
 
     Bad input (an unknown config key, a value out of range, unusable data, an incompatible or
-    damaged checkpoint) is found before anything is trained or written. With `exit_on_error`
-    (the default when `argv` is None, i.e. for the console script) it is printed to stderr as
-    one line `error: ...` and the process exits with code 2; a diverged run exits with code 1
-    and an interrupted one with 130, also without a traceback. Otherwise the exception
+    damaged checkpoint, a workdir another process is writing) is found before anything is
+    trained or written. With `exit_on_error` (the default when `argv` is None, i.e. for the
+    console script) it is printed to stderr as one line `error: ...` and the process exits
+    with code 2; a diverged run, or a file that could not be written (disk full, read-only:
+    `StorageError`, naming the file and what was kept), exits with code 1 and an interrupted
+    one with 130, also without a traceback. Otherwise the exception
     propagates (`UserError`, a ValueError, for bad input). Other exceptions are bugs and keep
     their traceback.
     """
     if exit_on_error is None:
         exit_on_error = argv is None
+    if exit_on_error:
+        sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+        # orbax logs each failed write of its threads with a traceback (hundreds of lines on a
+        # full disk); the command reports the failure itself, in its one `error:` line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         return _main(sys.argv[1:] if argv is None else list(argv))
     except Exception as e:
@@ -339,7 +414,7 @@ def main(argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None
             # Python's normal exit would wait on the lost peer (runtime shutdown): leave now.
             print(f"error: {_checks.one_line(e)}", file=sys.stderr, flush=True)
             os._exit(distributed.EXIT_PEER_LOST)
-        if not exit_on_error or not isinstance(e, UserError | TrainingDiverged):
+        if not exit_on_error or not isinstance(e, UserError | TrainingDiverged | StorageError):
             raise
         print(f"error: {_checks.one_line(e)}", file=sys.stderr)
         raise SystemExit(2 if isinstance(e, UserError) else 1) from None
@@ -348,6 +423,39 @@ def main(argv: Sequence[str] | None = None, *, exit_on_error: bool | None = None
             raise
         print(f"error: {_checks.one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _from_orbax(unraisable) -> bool:
+    """Whether an unraisable exception is orbax's cleanup after a failed read: "Event loop is
+    closed" from a future's callback, or the error of one of its read coroutines reported again
+    when the coroutine is collected (the command has reported the failure once already)."""
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+        return True
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _quiet_closed_loop(hook):
+    """`hook` without orbax's cleanup reports (`_from_orbax`), which can arrive by the dozen
+    after a failed read and bury the one `error:` line; every other unraisable exception is
+    reported by `hook` as before."""
+    if getattr(hook, "aecore_quiet", False):
+        return hook
+
+    def quiet(unraisable) -> None:
+        if not _from_orbax(unraisable):
+            hook(unraisable)
+
+    quiet.aecore_quiet = True
+    return quiet
 
 
 def cli() -> int:

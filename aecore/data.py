@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import math
 import os
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -175,9 +176,12 @@ def load_dataset(
     - ".npy": inputs only.
     - ".npz": keys `x` (and optionally `y`), or `x_train`, `x_test` (and optionally
       `y_train`, `y_test`) when the file brings its own split.
-    - ".csv": comma-separated numbers, one example a row; the first row is taken as a header
-      when any of its fields is not a number. kwarg `label_column` (an index, or a header
-      name) selects a column of integer labels, which is removed from the inputs.
+    - ".csv": comma-separated numbers (UTF-8, a BOM is skipped), one example a row; the first
+      row is a header only when none of its fields is a number. An empty or missing (NA,
+      NaN, ...) cell is refused naming its line and column, and so is a row-index column (a
+      blank first header cell, as pandas' `to_csv` writes, or a headerless first column
+      0, 1, ..., N-1), rather than trained as a feature. kwarg `label_column` (an index, or
+      a header name) selects a column of integer labels, which is removed from the inputs.
 
     Arrays are [N, features], [N, H, W] (becomes [N, H, W, 1]) or [N, H, W, C]. uint8 data are
     divided by 255; other numeric data are kept as they are (as float32) and `value_range` is
@@ -706,6 +710,8 @@ def _user_file(name: str | os.PathLike[str]) -> str:
     """Returns the path of a supported existing file or raises the error that explains why not."""
     path = os.fspath(name)
     suffix = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise ValueError(f"dataset path {path!r} is a directory, not a data file")
     if suffix in FILE_SUFFIXES or os.path.exists(path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"dataset file {path!r} does not exist (or is not a file)")
@@ -791,20 +797,96 @@ def _load_file(
     )
 
 
+def load_array(path: str | os.PathLike[str]) -> np.ndarray:
+    """The array of a .npy file, checked before it is read (see `_np_load`).
+
+    Raises:
+      ValueError: the path is not a readable .npy file of numbers (one line, naming it).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, not a .npy file")
+    if not os.path.exists(path):
+        broken = os.path.islink(path)
+        why = "is a symbolic link to nothing (a loop or a missing target)" if broken else None
+        raise ValueError(f"{path!r} {why or 'does not exist'}")
+    return np.asarray(_np_load(path))
+
+
+def _check_npy_header(f, size: int, what: str) -> None:
+    """Refuses a .npy stream whose header claims more (or less) data than it holds."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(f)
+    if dtype.hasobject:
+        return  # np.load refuses it (allow_pickle=False)
+    claimed = math.prod(shape) * dtype.itemsize
+    held = size - f.tell()
+    if claimed != held:
+        raise ValueError(
+            f"{what} is damaged: its header claims shape {tuple(shape)} of {dtype} "
+            f"({claimed} bytes) but it holds {held} bytes of data"
+        )
+
+
 def _np_load(path: str):
+    """np.load without pickles, after checking the file is not empty and that each array's
+    header matches the bytes it holds (a damaged header must not allocate terabytes)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path!r} is empty (0 bytes), not a NumPy {suffix} file")
     try:
+        if suffix == ".npz":
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    with z.open(info) as f:
+                        _check_npy_header(f, info.file_size, f"{path!r}: {info.filename}")
+        else:
+            with open(path, "rb") as f:
+                _check_npy_header(f, os.path.getsize(path), repr(path))
         return np.load(path, allow_pickle=False)  # never unpickle code from a data file
-    except ValueError as e:
-        raise ValueError(f"{path!r} is not a numeric NumPy file ({e})") from e
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as e:
+        if str(e).startswith(repr(path)):
+            raise
+        raise ValueError(
+            f"{path!r} is not a readable NumPy {suffix} file ({_checks.one_line(e, limit=160)})"
+        ) from e
+
+
+# Cells that mean "no value" in spreadsheets and pandas (compared in lower case).
+_MISSING_CELLS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-"})
+# Delimiters other than the comma that CSV files are written with.
+_OTHER_DELIMITERS = (";", "\t", "|", " ")
+
+
+def _cell(cell: str) -> str:
+    """A cell as an error message quotes it: at most 40 characters."""
+    return repr(cell if len(cell) <= 40 else cell[:37] + "...")
 
 
 def _read_csv(path: str, label_column: int | str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    with open(path, newline="") as f:
-        rows = [(i, row) for i, row in enumerate(csv.reader(f), 1) if any(c.strip() for c in row)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: skip a BOM
+            rows = [
+                (i, row) for i, row in enumerate(csv.reader(f), 1) if any(c.strip() for c in row)
+            ]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(
+            f"{path!r} is not a UTF-8 CSV file ({_checks.one_line(e, limit=120)})"
+        ) from e
     if not rows:
         raise ValueError(f"{path!r} is empty: no rows of numbers")
+    if max(len(row) for _, row in rows) == 1:
+        cell = rows[-1][1][0]
+        found = [d for d in _OTHER_DELIMITERS if d in cell.strip() and not _is_number(cell)]
+        if found:
+            raise ValueError(
+                f"{path!r}: line {rows[-1][0]} is one cell holding {found[0]!r}-separated "
+                f"values; aecore reads comma-separated files (rewrite it with commas)"
+            )
     header = None
-    if not all(_is_number(c) for c in rows[0][1]):
+    if not any(_is_number(c) for c in rows[0][1]):  # a header only when nothing is a number
         header = [c.strip() for c in rows[0][1]]
         rows = rows[1:]
         if not rows:
@@ -813,17 +895,27 @@ def _read_csv(path: str, label_column: int | str | None) -> tuple[np.ndarray, np
     for i, row in rows:
         if len(row) != width:
             raise ValueError(f"{path!r}: line {i} has {len(row)} columns, expected {width}")
-    try:
-        values = np.array([row for _, row in rows], dtype=np.float64)
-    except ValueError:
-        for i, row in rows:  # slow path, only to name the offending cell
-            for j, cell in enumerate(row):
-                if not _is_number(cell):
-                    column = f"column {j + 1}" + (f" ({header[j]!r})" if header else "")
-                    raise ValueError(
-                        f"{path!r}: line {i}, {column}: {cell!r} is not a number"
-                    ) from None
-        raise
+    if header is not None and width > 1 and header[0] in ("", "Unnamed: 0"):
+        raise ValueError(
+            f"{path!r}: column 1 has the blank header {header[0]!r} of a pandas row index, "
+            "not a feature; write the file with to_csv(index=False), or name the column"
+        )
+    for i, row in rows:  # name the first bad cell (its line and column) before converting
+        for j, cell in enumerate(row):
+            if _is_number(cell) and cell.strip().lower() not in _MISSING_CELLS:
+                continue
+            column = f"column {j + 1}" + (f" ({_cell(header[j])})" if header else "")
+            what = "is empty" if not cell.strip() else f"{_cell(cell)} is not a number"
+            if cell.strip().lower() in _MISSING_CELLS - {""}:
+                what = f"{_cell(cell)} is a missing value"
+            raise ValueError(f"{path!r}: line {i}, {column}: {what}; every cell needs a number")
+    values = np.array([row for _, row in rows], dtype=np.float64)
+    n = values.shape[0]
+    if header is None and width > 1 and n > 1 and np.array_equal(values[:, 0], np.arange(n)):
+        raise ValueError(
+            f"{path!r}: column 1 holds 0, 1, ..., {n - 1}, a row index, not a feature; write "
+            "the file with to_csv(index=False), or give it a header naming that column"
+        )
     if label_column is None:
         return values, None
     if isinstance(label_column, str):

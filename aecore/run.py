@@ -8,10 +8,10 @@ frozen `RunConfig` once, where it enters, and is stored once, as WORKDIR/config.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,12 +30,20 @@ from aecore.train.rundir import (
     CONFIG_FILE,
     DATA_FILE,
     FIGURES,
+    MARKER_FILE,
     METRICS_FILE,
     RunDir,
+    StorageError,
+    hold_lock,
+    release_lock,
+    storage_error,
 )
 
 # Config keys that do not change what a run computes: they may differ when a run is resumed.
 NOT_COMPARED = ("train.progress",)
+
+# The parameter dtypes a run from a config trains in (half precision is for aecore.models).
+TRAIN_DTYPES = ("float32", "float64")
 
 # What `prepare` raises for bad input (config values, data, an incompatible or damaged
 # checkpoint); the `aecore` command prints these as one line and exits with code 2.
@@ -46,9 +54,7 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, CheckpointError)
 EXISTING_RUN = ("refuse", "resume_as_is", "overwrite")
 
 
-def warn(message: str) -> None:
-    """A one-line warning on stderr (`warnings.warn` would add a file and a source line)."""
-    print(f"warning: {_checks.one_line(message)}", file=sys.stderr, flush=True)
+warn = _checks.warn  # a one-line warning on stderr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +135,12 @@ def load_data(d: DataConfig, *, dataset: Dataset | None = None) -> tuple[Dataset
     digest = hashlib.sha256()
     for x in (ds.x_train, ds.x_test):
         digest.update(np.ascontiguousarray(x).tobytes())
+    name = os.fspath(d.name) if dataset is None else ds.name
     stats["record"] = {
         "name": ds.name,
+        # A file is recorded as given and as an absolute path (another cwd still finds it).
+        "path": os.path.abspath(name) if os.path.isfile(name) else None,
+        "num_examples": int(ds.x_train.shape[0] + ds.x_test.shape[0]),  # every row read
         "input_shape": list(ds.input_shape),
         "num_train": int(ds.x_train.shape[0]),
         "num_test": int(ds.x_test.shape[0]),
@@ -204,6 +214,49 @@ def train_model(
     """
     model = spec.build(x_train.shape[1:], key=config.seed)
     return fit(model, objective, x_train, config=config, x_test=x_test, workdir=workdir)
+
+
+def load_run_data(
+    workdir: str, config: RunConfig, *, allow_different: bool = False
+) -> tuple[Dataset, dict[str, Any], dict[str, Any]]:
+    """The data of the run in `workdir` (`load_data`), checked against its data.json.
+
+    A file is read from the absolute path data.json recorded (a run evaluates from any
+    directory). Data whose sha256 differs from the recorded one (the file changed since
+    training) is refused unless `allow_different`, then used with a warning.
+
+    Returns:
+      (dataset, stats, data): `data` says which data the numbers are computed on: name,
+      path, sha256, number of examples and whether it is the data the run trained on.
+
+    Raises:
+      ValueError: the data differ from the run's (names both fingerprints).
+    """
+    trained = RunDir(workdir).read_json(DATA_FILE) or {}
+    d = config.data
+    if trained.get("path") and os.path.isfile(trained["path"]):
+        d = dataclasses.replace(d, name=trained["path"])
+    ds, stats = load_data(d)
+    now = stats["record"]
+    same = not trained.get("sha256") or trained["sha256"] == now["sha256"]
+    if not same:
+        message = (
+            f"the data of {workdir} changed since training: {d.name} now gives "
+            f"{now['num_train'] + now['num_test']} examples (sha256 {now['sha256'][:12]}...), the "
+            f"run was trained on {trained.get('num_train', 0) + trained.get('num_test', 0)} "
+            f"(sha256 {trained['sha256'][:12]}...)"
+        )
+        if not allow_different:
+            raise ValueError(f"{message}; pass --allow-different-data to use it anyway")
+        warn(f"{message}; using it anyway (--allow-different-data)")
+    data = {
+        "name": now["name"],
+        "path": now.get("path"),
+        "sha256": now["sha256"],
+        "num_examples": now["num_examples"],
+        "same_as_training": same,
+    }
+    return ds, stats, data
 
 
 def read_config(workdir: str) -> RunConfig:
@@ -368,6 +421,8 @@ def _save_figures(
         try:
             figures[name] = make()
         except Exception as e:  # a figure is never worth a crash after training
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise storage_error(RunDir(workdir).figure(name), e, "metrics.json") from e
             warn(f"figure {name!r} not drawn: {type(e).__name__}: {e}")
     return figures
 
@@ -393,8 +448,7 @@ def finish_run(
         last = [r["eval_reconstruction"] for r in history if "eval_reconstruction" in r]
         if last:
             metrics["final_eval_reconstruction"] = last[-1]
-    run = RunDir(workdir)
-    run.write_json(METRICS_FILE, metrics)
+    _write_metrics(workdir, metrics, "the checkpoints")
     if not figures:
         return metrics
     drawn = {  # figures drawn earlier and still on disk stay listed
@@ -402,8 +456,69 @@ def finish_run(
     }
     drawn.update(_save_figures(model, ds, config, workdir, history=history))
     metrics["figures"] = drawn
-    run.write_json(METRICS_FILE, metrics)
+    _write_metrics(workdir, metrics, "the checkpoints, metrics.json without the figures' paths")
     return metrics
+
+
+def _write_metrics(workdir: str, metrics: dict[str, Any], kept: str) -> None:
+    """Writes metrics.json; a run whose metrics cannot be written never reports success."""
+    try:
+        RunDir(workdir).write_json(METRICS_FILE, metrics)
+    except StorageError as e:
+        raise StorageError(
+            f"{e}; kept: {kept} (`aecore evaluate {workdir}` writes it once there is space)"
+        ) from e
+
+
+def is_aecore_run(workdir: str) -> bool:
+    """Whether aecore wrote the run files in `workdir`: its marker (aecore_run.json) is there,
+    or (a run from before markers) its config.json is a whole aecore config and its
+    data.json, if any, records a sha256."""
+    run = RunDir(workdir)
+    if os.path.isfile(run.file(MARKER_FILE)):
+        return True
+    try:
+        stored, data = run.read_json(CONFIG_FILE), run.read_json(DATA_FILE)
+        if stored is None or set(stored) != {f.name for f in dataclasses.fields(RunConfig)}:
+            return False
+        RunConfig.of(stored)
+    except (ValueError, TypeError):
+        return False
+    return data is None or "sha256" in data
+
+
+def check_workdir(workdir: str) -> None:
+    """Refuses a workdir aecore cannot or must not write: a file, under a file, read-only,
+    holding files of a run's names that aecore did not write, or links among them.
+
+    Raises:
+      ValueError: one line naming the path and what to do.
+    """
+    path = os.path.abspath(workdir)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"workdir {workdir} is a file, not a folder; use another --workdir")
+    parent = path
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"workdir {workdir} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"workdir {workdir} is not writable ({parent} is read-only to you)")
+    run = RunDir(workdir)
+    links = run.symlinks()
+    if links:
+        raise ValueError(
+            f"{run.file(links[0])} is a symbolic link (to {os.readlink(run.file(links[0]))}); "
+            "aecore never writes through links inside a workdir: replace it by a plain file "
+            "or folder, or use another --workdir"
+        )
+    present = run.present()
+    if present and not is_aecore_run(workdir):
+        raise ValueError(
+            f"{workdir} holds files aecore did not write ({', '.join(present)}; no "
+            f"{MARKER_FILE}); aecore writes only into an empty folder or a run it marked, and "
+            "--overwrite deletes only such runs: use another --workdir"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,7 +538,7 @@ def _check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
 
     Raises:
       ValueError: the checkpoint holds a model or optimizer state of other shapes.
-      CheckpointError: the checkpoint is truncated or corrupted.
+      CheckpointError: no checkpoint is intact.
     """
     run = RunDir(workdir)
     if not run.has_checkpoint_dir():  # nothing to resume; do not create the directory here
@@ -431,8 +546,8 @@ def _check_resumable(workdir: str, model, train_config: TrainConfig) -> None:
     with run.checkpointer() as ckpt:
         if ckpt.latest_step() is None:
             return
-        try:
-            ckpt.restore(model, init_optimizer(make_optimizer(train_config), model))
+        try:  # as the resume will: damaged newer steps are skipped (`fit` says which)
+            ckpt.restore(model, init_optimizer(make_optimizer(train_config), model), fallback=True)
         except ValueError as e:
             raise ValueError(
                 f"{e}; train in another workdir, continue the run saved there with its own "
@@ -494,6 +609,7 @@ def prepare(
     """
     _checks.check_choice("existing", existing, EXISTING_RUN)
     workdir = os.fspath(workdir)
+    check_workdir(workdir)
     if existing == "resume_as_is":
         stored = _stored_config(workdir)
         if stored is None:
@@ -506,10 +622,18 @@ def prepare(
             warn(f"--resume-as-is: the run keeps its own config ({'; '.join(ignored)})")
         config = stored
     config = RunConfig.of(config)
+    _checks.check_int("train.seed", config.train.seed)
+    if config.model.dtype not in TRAIN_DTYPES:
+        raise ValueError(
+            f"model.dtype {config.model.dtype!r} is not supported for training a config; "
+            f"supported: {', '.join(map(repr, TRAIN_DTYPES))}"
+        )
     ds, stats = load_data(config.data, dataset=dataset)
     _check_loss_fits_data(config, ds)
     _check_batch_fits_data(config.train, ds)
     model = build_model(config, ds.input_shape)
+    if existing != "overwrite":  # a damaged metric log is refused now, in one line
+        RunDir(workdir).history(warn=False)
     if existing == "refuse":
         _check_same_run(workdir, config, stats["record"], model)
     elif existing == "resume_as_is":
@@ -529,13 +653,18 @@ def _train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
     started = time.perf_counter()
     rundir = RunDir(run.workdir)
     if jax.process_index() == 0:  # in a multi-process run, process 0 writes the run's files
-        if run.overwrite and os.path.isdir(run.workdir):
+        try:
+            os.makedirs(run.workdir, exist_ok=True)
+        except OSError as e:
+            raise storage_error(run.workdir, e) from e
+        hold_lock(run.workdir)  # before anything is written or deleted
+        if run.overwrite:
             removed = rundir.remove_run()
             if removed:
                 warn(
                     f"--overwrite: deleted the earlier run in {run.workdir} ({', '.join(removed)})"
                 )
-        os.makedirs(run.workdir, exist_ok=True)
+        rundir.mark()  # first: an interrupted first run is still known as aecore's
         rundir.write_json(CONFIG_FILE, run.config.to_dict())
         rundir.write_json(DATA_FILE, run.data_record)
     if jax.process_count() > 1:  # nobody reads the workdir before process 0 has laid it out
@@ -563,18 +692,21 @@ def _train_prepared(run: Prepared) -> tuple[FitResult, dict[str, Any]]:
 def run_prepared(run: Prepared, *, figures: bool = True) -> tuple[FitResult, dict[str, Any]]:
     """Trains (or resumes) a `prepare`d run, evaluates it and writes its outputs (`figures`:
     also the figures); returns the fit result and the metrics (as in WORKDIR/metrics.json)."""
-    result, metrics = _train_prepared(run)
-    if jax.process_index() != 0:  # evaluation, metrics.json and figures: process 0 alone
-        return result, metrics
-    return result, finish_run(
-        result.model,
-        run.ds,
-        run.config,
-        run.workdir,
-        history=result.history,
-        metrics=metrics,
-        figures=figures,
-    )
+    try:
+        result, metrics = _train_prepared(run)
+        if jax.process_index() != 0:  # evaluation, metrics.json and figures: process 0 alone
+            return result, metrics
+        return result, finish_run(
+            result.model,
+            run.ds,
+            run.config,
+            run.workdir,
+            history=result.history,
+            metrics=metrics,
+            figures=figures,
+        )
+    finally:
+        release_lock(run.workdir)
 
 
 def train_and_evaluate(
@@ -587,7 +719,9 @@ def train_and_evaluate(
 
     The whole run is validated first (`prepare`): bad input, or a workdir that holds a run with
     another config (unless `existing` says otherwise, see `prepare`), raises before anything
-    in `workdir` is created or overwritten.
+    in `workdir` is created or overwritten. One process writes a workdir at a time: this one
+    holds WORKDIR/aecore.lock (`rundir.hold_lock`) while it trains and evaluates, and a
+    workdir another process holds is refused (ValueError naming its PID).
 
     Writes WORKDIR/config.json, data.json (the training data's shape, range and sha256),
     checkpoints, metrics.jsonl and tb/ (by `aecore.train.fit`), then metrics.json, then the
@@ -598,4 +732,9 @@ def train_and_evaluate(
       `saturation`, `linear_probe_accuracy` (labelled data only), `steps`, `wall_time_s`,
       `final_eval_reconstruction`, `figures` (name -> path).
     """
-    return run_prepared(prepare(config, workdir, existing=existing))[1]
+    workdir = os.fspath(workdir)
+    hold_lock(workdir, create=False)  # a run another process is writing: refuse now
+    try:
+        return run_prepared(prepare(config, workdir, existing=existing))[1]
+    finally:
+        release_lock(workdir)

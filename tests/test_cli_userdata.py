@@ -25,6 +25,7 @@ from aecore.checkpoint import Checkpointer
 from aecore.cli import main
 from aecore.models import make_autoencoder
 from aecore.objective import Objective
+from aecore.train.rundir import LOCK_FILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python -m aecore` runs `aecore.cli:cli`, the console script's entry point, from this checkout
@@ -64,11 +65,16 @@ def _errors(proc) -> list[str]:
 
 
 def _tree_digest(root) -> str:
-    """sha256 over every path, its bytes and its mtime under `root`: equal = byte-identical."""
+    """sha256 over every path, its bytes and its mtime under `root`: equal = byte-identical.
+
+    The lock file aside: whoever takes the lock of a workdir writes its PID there.
+    """
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in sorted(os.walk(root)):
         dirnames.sort()
         for name in sorted(filenames):
+            if name == LOCK_FILE:
+                continue
             path = os.path.join(dirpath, name)
             digest.update(os.path.relpath(path, root).encode())
             digest.update(open(path, "rb").read())
@@ -146,10 +152,8 @@ def test_encode_refuses_inputs_outside_the_training_range_unless_forced(features
     x = np.load(root / "my.npy")
     np.save(root / "near.npy", x * 1.05)
     for data in ("my.npy", "near.npy"):
-        assert main(["encode", str(wd), "--data", str(root / data), "--out", str(out)]).shape == (
-            300,
-            64,
-        )
+        argv = ["encode", str(wd), "--data", str(root / data), "--out", str(out), "--overwrite"]
+        assert main(argv).shape == (300, 64)
 
 
 def test_a_changed_config_is_refused_listing_the_keys_and_leaves_the_workdir_as_it_was(
@@ -303,15 +307,17 @@ def test_encode_takes_the_real_valued_file_the_model_was_trained_on(tmp_path):
     x_far = x.copy()
     x_far[0, 0] = 1e3  # one extreme value cannot trip the check
     np.save(tmp_path / "far1.npy", x_far)
-    assert main(["encode", str(wd), "--data", str(tmp_path / "far1.npy"), "--out", out]).shape
+    out2 = str(tmp_path / "codes2.npy")
+    assert main(["encode", str(wd), "--data", str(tmp_path / "far1.npy"), "--out", out2]).shape
     np.save(tmp_path / "x3.npy", 3 * x)  # wrongly scaled: many values far beyond
-    proc = _run("encode", wd, "--data", tmp_path / "x3.npy", "--out", out)
+    proc = _run("encode", wd, "--data", tmp_path / "x3.npy", "--out", out, "--overwrite")
     assert proc.returncode == 2 and "% of the values (at most 1% may be)" in _errors(proc)[0]
     # A data.json written before the whole file's range was recorded still reads.
     old = {k: v for k, v in record.items() if k not in ("data_min", "data_max")}
     (wd / "data.json").write_text(json.dumps(old))
-    assert main(["encode", str(wd), "--data", str(tmp_path / "wine.npy"), "--out", out]).shape
-    assert _run("encode", wd, "--data", tmp_path / "x3.npy", "--out", out).returncode == 2
+    argv = ["encode", str(wd), "--data", str(tmp_path / "wine.npy"), "--out", out, "--overwrite"]
+    assert main(argv).shape
+    assert _run("encode", wd, "--data", tmp_path / "x3.npy", "--out", out2).returncode == 2
     with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as text:
         main(["encode", "--help"])  # --help states the rule
     assert "more than 1% of the values lie beyond the [min, max]" in " ".join(

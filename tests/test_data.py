@@ -385,8 +385,11 @@ def test_nan_and_inf_are_counted_and_located(tmp_path):
     np.save(tmp_path / "nan.npy", x)
     with pytest.raises(ValueError, match=r"2 non-finite value\(s\).*first at index \(4, 2\)"):
         data.load_dataset(str(tmp_path / "nan.npy"))
-    (tmp_path / "nan.csv").write_text("1,2\n3,nan\n")
+    (tmp_path / "inf.csv").write_text("1,2\n3,inf\n")
     with pytest.raises(ValueError, match=r"1 non-finite.*\(1, 1\)"):
+        data.load_dataset(str(tmp_path / "inf.csv"))
+    (tmp_path / "nan.csv").write_text("1,2\n3,nan\n")  # a missing value: named by its cell
+    with pytest.raises(ValueError, match=r"line 2, column 2: 'nan' is a missing value"):
         data.load_dataset(str(tmp_path / "nan.csv"))
 
 

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 from aecore import checkpoint, evaluate, losses, regularizers, train
+from aecore import run as aerun
 from aecore.cli import main
 from aecore.data import normalize
 from aecore.models import make_autoencoder
 from aecore.objective import Objective
+from aecore.train.rundir import LOCK_FILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,12 +37,17 @@ def _max_diff(a, b) -> float:
 
 
 def _snapshot(root) -> dict[str, tuple[bytes, int]]:
-    """Every file under `root` (relative path) with its bytes and mtime in ns; dirs too."""
+    """Every file under `root` (relative path) with its bytes and mtime in ns; dirs too.
+
+    The lock file aside: whoever takes the lock of a workdir writes its PID there.
+    """
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:
             out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = (b"", 0)
         for f in filenames:
+            if f == LOCK_FILE:
+                continue
             p = os.path.join(dirpath, f)
             with open(p, "rb") as fh:
                 out[os.path.relpath(p, root)] = (fh.read(), os.stat(p).st_mtime_ns)
@@ -153,22 +160,43 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir_untouched(
 
 
 @ORBAX_CLOSED_LOOP
-def test_damaged_checkpoint_through_the_cli_is_reported_not_reinitialized(trained, capsys):
+def test_damaged_checkpoint_evaluate_refuses_and_train_resumes_from_the_intact_one(trained, capsys):
+    """Case 1 of issue 36 through the command: evaluate and encode refuse the damaged newest
+    step in one line; train resumes from the newest intact step, keeps the damaged one aside,
+    and ends where the undamaged run ended."""
     root, wd = trained
     damaged = str(root / "damaged")
     shutil.copytree(wd, damaged)
-    for f in glob.glob(os.path.join(damaged, "checkpoints", "4", "model", "d", "*")):
+    newest = os.path.join(damaged, "checkpoints", "4")
+    for f in glob.glob(os.path.join(newest, "model", "d", "*")):
         with open(f, "r+b") as fh:
             fh.truncate(os.path.getsize(f) // 2)
     before = _snapshot(damaged)
+    out = str(root / "damaged_codes.npy")
+    for argv in (["evaluate", damaged], ["encode", damaged, "--data", "digits", "--out", out]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(argv, exit_on_error=True)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert f"checkpoint step 4 in {damaged}/checkpoints is damaged (file model/d/" in err
+        assert f"delete {newest} to resume from step 2" in err
+        assert _snapshot(damaged) == before and not os.path.exists(out)
     capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([*GOOD, "--workdir", damaged], exit_on_error=True)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.count("\n") == 1, err
-    assert "checkpoint step 4 in" in err and "is unreadable" in err
-    assert f"delete {damaged}/checkpoints/4 to resume from step 2" in err
-    assert _snapshot(damaged) == before
+    main([*GOOD, "--workdir", damaged], exit_on_error=True)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "damaged" in line]
+    assert len(warnings) == 1 and "resuming from step 2" in warnings[0], warnings
+    assert f"kept as {newest}.damaged" in warnings[0]
+    aside = _snapshot(newest + ".damaged")  # the damaged bytes are kept, not deleted
+    prefix = "checkpoints/4/"
+    assert aside == {
+        k[len(prefix) :]: v for k, v in before.items() if k.startswith(prefix) and k != prefix
+    }
+    config = aerun.read_config(wd)
+    redone = aerun.restore_model(damaged, config, (8, 8, 1))
+    original = aerun.restore_model(wd, config, (8, 8, 1))
+    assert redone[1] == original[1] == 4
+    assert _max_diff(redone[0], original[0]) == 0.0
 
 
 def test_console_script_prints_one_line_and_exits_2(trained):
@@ -330,19 +358,18 @@ def test_damaged_newest_step_is_reported_with_the_fallback(run_copy, damage):
         os.makedirs(os.path.join(ckpts, "6"))
         newest = os.path.join(ckpts, "6")
     step = os.path.basename(newest)
-    expected = rf"checkpoint step {step} in .* is unreadable .*; delete {newest} to resume from"
+    state = "unreadable" if damage == "empty_step" else "damaged"  # digests catch the rest
+    expected = rf"checkpoint step {step} in .* is {state} .*; delete {newest} to resume from"
     with pytest.raises(checkpoint.CheckpointError, match=expected):
         checkpoint.restore_checkpoint(
             ckpts, _model(), train.init_optimizer(train.make_optimizer(_config()), _model())
         )
-    metrics_before = open(os.path.join(run_copy, "metrics.jsonl")).read()
-    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):  # never a silent re-init
-        train.fit(_model(), OBJ, _data(), config=_config(num_steps=8), workdir=run_copy)
-    assert open(os.path.join(run_copy, "metrics.jsonl")).read() == metrics_before
-    # Following the message's advice resumes from the previous good step.
-    shutil.rmtree(newest)
-    model, _, restored, _ = checkpoint.restore_checkpoint(ckpts, _model())
-    assert restored == (2 if step == "4" else 4)
+    # A resume falls back to the newest intact step (never a silent re-init); `fit` sets the
+    # damaged one aside and ends where an uninterrupted run ends (tested through the command
+    # in test_damaged_checkpoint_evaluate_refuses_and_train_resumes_from_the_intact_one).
+    with checkpoint.Checkpointer(ckpts) as ckpt:
+        model, _, restored, _ = ckpt.restore(_model(), fallback=True)
+        assert restored == (2 if step == "4" else 4) and [s for s, _ in ckpt.skipped] == [int(step)]
     assert all(np.isfinite(v).all() for v in _leaves(model))
 
 

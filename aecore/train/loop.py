@@ -209,8 +209,9 @@ def fit(
 
     With a `workdir`:
       - checkpoints go to WORKDIR/checkpoints every `checkpoint_every` steps and at the end
-        (the last `keep_checkpoints` are kept); a call with a workdir that holds checkpoints
-        resumes from the latest one and trains up to `num_steps` (a finished run does nothing);
+        (the last `keep_checkpoints` are kept), each with a digest of its files; a call with a
+        workdir that holds checkpoints resumes from the newest intact one and trains up to
+        `num_steps` (a finished run does nothing);
       - every `log_every` steps the metrics are appended to WORKDIR/metrics.jsonl and written
         as TensorBoard scalars under WORKDIR/tb;
       - SIGTERM or SIGINT saves a checkpoint, then raises SystemExit(143) or KeyboardInterrupt.
@@ -250,7 +251,10 @@ def fit(
         last good one stays readable).
       ValueError / TypeError: bad data, batch size, optimizer or model (one line, before any
         side effect), or a checkpoint of a model of another shape.
-      CheckpointError: the latest checkpoint is unreadable (never silently re-initialised).
+      CheckpointError: no checkpoint is intact (never silently re-initialised); damaged
+        newer steps are skipped with a warning and kept as `<step>.damaged`.
+      StorageError: a checkpoint or metrics.jsonl could not be written (disk full, ...):
+        names the file and the newest checkpoint kept.
 
     Examples:
       >>> import numpy as np
