@@ -14,12 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from aecore import Objective, configs
 from aecore import run as aerun
+from aecore import train as aetrain
 from aecore.data import Dataset, load_dataset
+from aecore.models import ModelSpec
 from aecore.train.rundir import METRICS_FILE, RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,6 +216,50 @@ def fit_record(
     """`train_record` of `record(model=, objective=, train=, seed=)` on arrays [N, ...]."""
     config = record(model=model, objective=objective, train=train, seed=seed)
     return train_record(s, name, config, dataset(name, x_train, x_test))
+
+
+def trainer(
+    spec: dict[str, Any],
+    objective: Objective,
+    *,
+    num_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    lr_schedule: str = "constant",
+) -> Callable[..., Any]:
+    """`train(x [N, ...], seed, num_steps=None) -> model`: `aecore.models.ModelSpec(**spec)`
+    trained in memory for `num_steps` Adam steps (or the call's own count; a cosine schedule
+    keeps the trainer's length) of ONE jitted `aecore.train.make_train_step`, shared by every
+    call (seeds compile once), with `fit`'s batches (`batch_at`) and keys (`fold_in(key, t)`).
+
+    For objectives a config record cannot hold (user terms in `Objective(extra_terms=...)` are
+    code, see `aecore.configs.NOT_CONFIGURABLE`).
+
+    Raises:
+      FloatingPointError: the loss or a gradient became non-finite (checked at the end).
+    """
+    config = aetrain.TrainConfig(
+        num_steps=num_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_schedule=lr_schedule,
+    )
+    optimizer = aetrain.make_optimizer(config)
+    step = aetrain.make_train_step(objective, optimizer, donate=False)
+
+    def train(x: np.ndarray, seed: int, num_steps: int = num_steps) -> Any:
+        model = ModelSpec(**spec).build(x.shape[1:], key=seed)
+        opt_state, key = aetrain.init_optimizer(optimizer, model), jax.random.key(seed)
+        finite = True
+        for t in range(num_steps):
+            xb = jnp.asarray(aetrain.batch_at(x, t, batch_size=batch_size, seed=seed))
+            model, opt_state, metrics = step(model, opt_state, xb, jax.random.fold_in(key, t))
+            finite = finite & metrics["finite"]
+        if not bool(finite):
+            raise FloatingPointError(f"training {spec} with {objective.describe()} diverged")
+        return model
+
+    return train
 
 
 def patch_filters(
