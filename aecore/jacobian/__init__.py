@@ -22,6 +22,17 @@ import numpy as np
 from aecore import _checks
 from aecore.jacobian import blocks, estimate, routes, trace
 from aecore.jacobian.estimate import ESTIMATOR_METHODS, frobenius_sq_estimate
+from aecore.jacobian.geometry import (
+    RECONSTRUCTION_MODES,
+    ReconstructionExplanation,
+    explain_reconstruction,
+    pullback_logdet,
+    pullback_metric,
+    reconstruction_frobenius_sq,
+    reconstruction_frobenius_sq_estimate,
+    relaxed_distortion,
+    relaxed_distortion_estimate,
+)
 from aecore.jacobian.higher_order import (
     frobenius_sq_diff,
     frobenius_sq_diff_expected,
@@ -32,16 +43,25 @@ from aecore.jacobian.routes import STRUCTURED_PRODUCTS
 __all__ = [
     "ESTIMATOR_METHODS",
     "MODES",
+    "RECONSTRUCTION_MODES",
     "STRUCTURED_PRODUCTS",
     "Explanation",
+    "ReconstructionExplanation",
     "choose_mode",
     "explain",
+    "explain_reconstruction",
     "frobenius_sq",
     "frobenius_sq_diff",
     "frobenius_sq_diff_expected",
     "frobenius_sq_estimate",
     "hessian_frobenius_sq",
     "jacobian",
+    "pullback_logdet",
+    "pullback_metric",
+    "reconstruction_frobenius_sq",
+    "reconstruction_frobenius_sq_estimate",
+    "relaxed_distortion",
+    "relaxed_distortion_estimate",
 ]
 
 MODES = ("auto", "jacfwd", "jacrev", "closed_form", "structured", "peel", "blocks")
