@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aecore import Objective, stats
+from aecore import Objective, jacobian, stats
 from aecore import evaluate as ev
 from aecore.models import eval_mode
 from aecore.regularizers import Term
@@ -57,42 +57,17 @@ def mixup(z: jax.Array, key: jax.Array, *, eta: float) -> jax.Array:
     return alpha * z + (1 - alpha) * jax.random.permutation(k_perm, z)
 
 
-def pullback_metrics(decode, z: jax.Array) -> jax.Array:
-    """G = J_gᵀ J_g at each code, exact by forward mode (k JVPs): [B, k] -> [B, k, k]."""
-
-    def one(z1):
-        jac = jax.jacfwd(lambda c: decode(c).reshape(-1))(z1)  # [d, k]
-        return jac.T @ jac
-
-    return jax.vmap(one)(z)
-
-
-def relaxed_distortion(decode, z: jax.Array, key: jax.Array, *, probes: int) -> jax.Array:
-    """IRVAE's E[tr G²] / E[tr G]² over the batch z [B, k]: exact (probes = 0) or IRVAE's
-    estimator with one Gaussian probe per example (probes = 1: ‖J v‖² and ‖Jᵀ J v‖²)."""
-    if probes == 0:
-        g = pullback_metrics(decode, z)  # [B, k, k]
-        tr_g = jnp.trace(g, axis1=1, axis2=2)
-        tr_g2 = jnp.sum(g**2, axis=(1, 2))  # G symmetric: tr G² = ‖G‖²_F
-    else:
-        v = jax.random.normal(key, z.shape, z.dtype)
-
-        def one(z1, v1):
-            f = lambda c: decode(c).reshape(-1)  # noqa: E731
-            jv, vjp = jax.jvp(f, (z1,), (v1,))[1], jax.vjp(f, z1)[1]
-            return jnp.sum(jv**2), jnp.sum(vjp(jv)[0] ** 2)
-
-        tr_g, tr_g2 = jax.vmap(one)(z, v)
-    return jnp.mean(tr_g2) / jnp.mean(tr_g) ** 2
-
-
 def distortion_term(weight: float, *, probes: int) -> Term:
-    """Term "distortion": weight × the relaxed distortion at IRVAE's mixup codes of the batch."""
+    """Term "distortion": weight × IRVAE's relaxed distortion E[tr G²] / E[tr G]² (batch means)
+    at the mixup codes of the batch: exact from the pullback metrics (probes = 0), or IRVAE's
+    estimator with `probes` Gaussian probes per code (one JVP and one VJP each)."""
 
     def fn(model, x, x_tilde, h, key):
         k_mix, k_probe = jax.random.split(key)
         z = mixup(h, k_mix, eta=ETA)
-        return relaxed_distortion(model.decode, z, k_probe, probes=probes)
+        if probes == 0:
+            return jacobian.relaxed_distortion(jacobian.pullback_metric(model.decode, z))
+        return jacobian.relaxed_distortion_estimate(model.decode, z, k_probe, num_probes=probes)
 
     return Term("distortion", fn, weight)
 
@@ -119,17 +94,22 @@ def step_seconds(trainers: dict, x: np.ndarray, *, rounds: int, steps: int) -> d
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def singular_values(decode, z: jax.Array) -> jax.Array:
+    """Singular values of J_g at each code [N, k] -> [N, k]: G's eigenvalues are their squares,
+    read from J (a thin SVD), not from G, whose float32 rounding squares J's condition number."""
+    jac = jax.vmap(jax.jacfwd(lambda c: decode(c).reshape(-1)))(z)  # [N, d, k]
+    return jnp.linalg.svd(jac, compute_uv=False)
+
+
 @jax.jit
-def _test_metrics(model, x):  # [N, d] -> codes [N, k], J_g singular values [N, k]
+def _test_singular_values(model, x):  # [N, d] -> [N, k] at the codes of x
     m = eval_mode(model)
-    z = jax.vmap(m.encode)(x)
-    jac = jax.vmap(jax.jacfwd(lambda c: m.decode(c).reshape(-1)))(z)  # [N, d, k]
-    return z, jnp.linalg.svd(jac, compute_uv=False)
+    return singular_values(m.decode, jax.vmap(m.encode)(x))
 
 
-def geometry(model, x_test: np.ndarray) -> dict[str, float]:
-    """Exact decoder geometry at the test codes: k·E[tr G²]/E[tr G]² and median cond(G)."""
-    _, s = _test_metrics(model, jnp.asarray(x_test))
+def geometry(s: np.ndarray) -> dict[str, float]:
+    """From J_g's singular values [N, k]: the exact distortion k·E[tr G²]/E[tr G]² and the
+    median condition number of G over the N codes."""
     eig = np.asarray(s, np.float64) ** 2  # eigenvalues of G [N, k]
     k = eig.shape[1]
     distortion = k * np.mean(np.sum(eig**2, axis=1)) / np.mean(np.sum(eig, axis=1)) ** 2
@@ -153,7 +133,7 @@ def run_k(ds, k: int, *, seeds: int, budget_s: float, n_eval: int) -> dict[str, 
             model = train(ds.x_train, seed, num_steps=steps[name])
             row = table[name]
             row["wall_s"].append(time.perf_counter() - t)
-            for key, value in geometry(model, x_eval).items():
+            for key, value in geometry(_test_singular_values(model, x_eval)).items():
                 row[key].append(value)
             row["test_ce"].append(ev.reconstruction_error(model, x_eval, loss="cross_entropy"))
             probe = ev.linear_probe(

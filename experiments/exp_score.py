@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import softmax
 
-from aecore import Objective, stats
+from aecore import Objective, jacobian, stats
 from aecore.data import sample_manifold
 from aecore.models import eval_mode
 from aecore.regularizers import Term
@@ -97,18 +97,16 @@ def sample(d: Density, n: int, *, seed: int) -> np.ndarray:
 
 
 def reconstruction_contractive(weight: float, *, probes: int = 0) -> Term:
-    """Term λ ‖∂r(x)/∂x‖²_F, r = decode ∘ encode, at the clean x: exact (forward-mode autodiff,
-    d = 2 products) or, with `probes` > 0, Hutchinson's mean of ‖J_r v‖² over Rademacher v."""
+    """Term λ ‖∂r(x)/∂x‖²_F, r = decode ∘ encode, at the clean x, per example: exact
+    (`jacobian.reconstruction_frobenius_sq`) or, with `probes` > 0, its Hutchinson estimate
+    (`jacobian.reconstruction_frobenius_sq_estimate`, one JVP of r per probe)."""
 
     def fn(model, x, x_tilde, h, key):
-        def r(x1):  # [2] -> [2]
-            return model.decode(model.encode(x1))
-
         if probes == 0:
-            return jnp.sum(jax.vmap(jax.jacfwd(r))(x) ** 2, axis=(1, 2))
-        v = jax.random.rademacher(key, (probes, *x.shape), dtype=x.dtype)  # [p, B, 2]
-        jv = jax.vmap(jax.vmap(lambda x1, v1: jax.jvp(r, (x1,), (v1,))[1]), (None, 0))(x, v)
-        return jnp.mean(jnp.sum(jv**2, axis=-1), axis=0)
+            return jacobian.reconstruction_frobenius_sq(model.encode, model.decode, x)
+        return jacobian.reconstruction_frobenius_sq_estimate(
+            model.encode, model.decode, x, key, num_probes=probes
+        )
 
     return Term("reconstruction_contractive", fn, weight)
 
