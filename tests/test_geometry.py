@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from aecore import jacobian
+from aecore import jacobian, make_autoencoder, regularizers
 from aecore.jacobian import geometry
+from aecore.objective import Objective
 
 K = 3
 
@@ -319,4 +320,95 @@ def _tuple_decoder(z):
 def test_bad_input_is_refused_in_one_line(call, message):
     with pytest.raises((ValueError, TypeError)) as info:
         call()
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_isometry_and_distortion_penalties_match_their_definitions(x64):
+    g = jnp.einsum("bdk,bdl->bkl", _randn(1, (3, 5, K)), _randn(1, (3, 5, K)))
+    eye = jnp.eye(K)[None]
+    c = jnp.trace(g, axis1=1, axis2=2)[:, None, None] / K
+    tr = jnp.trace(g, axis1=1, axis2=2)
+    tr2 = jnp.trace(g @ g, axis1=1, axis2=2)
+    pairs = jax.jit(
+        lambda g: {
+            "free": (regularizers.isometry(g, weight=2.0), 2 * jnp.sum((g - c * eye) ** 2, (1, 2))),
+            "fixed": (
+                regularizers.isometry(g, weight=1.0, scale=0.5),
+                jnp.sum((g - 0.5 * eye) ** 2, axis=(1, 2)),
+            ),
+            "zero": (regularizers.isometry(3 * jnp.concatenate([eye] * 2), weight=1.0), 0.0),
+            "distortion": (
+                regularizers.relaxed_distortion(g, weight=1.0),
+                jnp.mean(tr2) / jnp.mean(tr) ** 2,
+            ),
+        }
+    )(g)
+    for name, (got, want) in pairs.items():
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
+    z = _randn(2, (6, K))
+    mixed = regularizers.mixup_codes(jax.random.key(0), z, eta=0.2)
+    # each mixed code lies on the line through its code and one partner, t within [-η, 1 + η]
+    k_perm, k_t = jax.random.split(jax.random.key(0))
+    partner = z[jax.random.permutation(k_perm, 6)]
+    moved = jnp.any(partner != z, axis=1)[:, None]  # a code paired with itself stays put
+    safe = jnp.where(moved, z - partner, 1.0)
+    t = jnp.where(moved, (mixed - partner)[:, :1] / safe[:, :1], 0.5)
+    np.testing.assert_allclose(mixed, jnp.where(moved, t * z + (1 - t) * partner, z), rtol=1e-10)
+    assert float(jnp.min(t)) >= -0.2 and float(jnp.max(t)) <= 1.2
+
+
+def test_objective_fields_build_the_geometry_terms(x64):
+    """Each field switches its term on, and the term is the library function on the model."""
+    model = make_autoencoder((6,), hidden=(2,), key=0, dtype=jnp.float64)
+    x = jax.random.uniform(jax.random.key(1), (4, 6), jnp.float64)
+    objective = Objective(
+        isometry=1.0, distortion=1.0, logdet_variance=1.0, reconstruction_contractive=1.0
+    )
+    names = [t.name for t in objective.terms()]
+    assert names == ["isometry", "distortion", "logdet_variance", "reconstruction_contractive"]
+    estimated = Objective(
+        distortion=1.0,
+        distortion_probes=1,
+        reconstruction_contractive=1.0,
+        reconstruction_contractive_probes=2,
+    )
+
+    @jax.jit
+    def values(model, key):
+        h = jax.vmap(model.encode)(x)
+        terms = objective.terms()
+        got = {t.name: t(model, x, x, h, jax.random.fold_in(key, i)) for i, t in enumerate(terms)}
+        g = jacobian.pullback_metric(model.decode, h)
+        z_mix = regularizers.mixup_codes(jax.random.split(jax.random.fold_in(key, 1))[0], h)
+        want = {
+            "isometry": jnp.mean(regularizers.isometry(g, weight=1.0)),
+            "distortion": jacobian.relaxed_distortion(
+                jacobian.pullback_metric(model.decode, z_mix)
+            ),
+            "logdet_variance": jnp.var(jacobian.pullback_logdet(model.decode, h)),
+            "reconstruction_contractive": jnp.mean(
+                _reference(lambda p: (p.encode, p.decode), model, x)
+            ),
+        }
+        estimates = [t(model, x, x, h, key) for t in estimated.terms()]
+        return got, want, estimates
+
+    got, want, estimates = values(model, jax.random.key(2))
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, err_msg=name)
+    assert all(np.isfinite(float(e)) for e in estimates)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("isometry", -1.0, "isometry must be a finite number >= 0, got -1.0"),
+        ("isometry_scale", -0.5, "isometry_scale must be a finite number >= 0"),
+        ("distortion_probes", -1, "distortion_probes must be an integer >= 0, got -1"),
+        ("reconstruction_contractive", float("nan"), "reconstruction_contractive must be"),
+    ],
+)
+def test_objective_refuses_bad_geometry_fields_in_one_line(field, value, message):
+    with pytest.raises(ValueError, match=None) as info:
+        Objective(**{field: value})
     assert message in str(info.value) and "\n" not in str(info.value)
