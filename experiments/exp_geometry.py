@@ -32,10 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aecore import Objective, jacobian, stats
+from aecore import Objective, stats
 from aecore import evaluate as ev
 from aecore.models import eval_mode
-from aecore.regularizers import Term
 from experiments import common
 
 NAME = "geometry"
@@ -50,33 +49,13 @@ def spec(k: int) -> dict[str, Any]:
     return dict(hidden=(256, k), activation=("softplus", "identity"), output="sigmoid")
 
 
-def mixup(z: jax.Array, key: jax.Array, *, eta: float) -> jax.Array:
-    """IRVAE's augmented codes α z + (1 − α) z[π], α ~ U[−η, 1 + η] per example [B, k]."""
-    k_perm, k_alpha = jax.random.split(key)
-    alpha = jax.random.uniform(k_alpha, (z.shape[0], 1), z.dtype, -eta, 1 + eta)
-    return alpha * z + (1 - alpha) * jax.random.permutation(k_perm, z)
-
-
-def distortion_term(weight: float, *, probes: int) -> Term:
-    """Term "distortion": weight × IRVAE's relaxed distortion E[tr G²] / E[tr G]² (batch means)
-    at the mixup codes of the batch: exact from the pullback metrics (probes = 0), or IRVAE's
-    estimator with `probes` Gaussian probes per code (one JVP and one VJP each)."""
-
-    def fn(model, x, x_tilde, h, key):
-        k_mix, k_probe = jax.random.split(key)
-        z = mixup(h, k_mix, eta=ETA)
-        if probes == 0:
-            return jacobian.relaxed_distortion(jacobian.pullback_metric(model.decode, z))
-        return jacobian.relaxed_distortion_estimate(model.decode, z, k_probe, num_probes=probes)
-
-    return Term("distortion", fn, weight)
-
-
 def objectives() -> dict[str, Objective]:
     return {
         "AE": Objective(loss="cross_entropy"),
-        "exact": Objective(loss="cross_entropy", extra_terms=(distortion_term(WEIGHT, probes=0),)),
-        "irvae1": Objective(loss="cross_entropy", extra_terms=(distortion_term(WEIGHT, probes=1),)),
+        "exact": Objective(loss="cross_entropy", distortion=WEIGHT, distortion_eta=ETA),
+        "irvae1": Objective(
+            loss="cross_entropy", distortion=WEIGHT, distortion_eta=ETA, distortion_probes=1
+        ),
     }
 
 

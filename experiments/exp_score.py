@@ -39,10 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import softmax
 
-from aecore import Objective, jacobian, stats
+from aecore import Objective, stats
 from aecore.data import sample_manifold
 from aecore.models import eval_mode
-from aecore.regularizers import Term
 from experiments import common
 
 NAME = "score"
@@ -98,29 +97,16 @@ def sample(d: Density, n: int, *, seed: int) -> np.ndarray:
     return (d.means[c] + d.std * rng.standard_normal((n, 2))).astype(np.float32)
 
 
-def reconstruction_contractive(weight: float, *, probes: int = 0) -> Term:
-    """Term λ ‖∂r(x)/∂x‖²_F, r = decode ∘ encode, at the clean x, per example: exact
-    (`jacobian.reconstruction_frobenius_sq`) or, with `probes` > 0, its Hutchinson estimate
-    (`jacobian.reconstruction_frobenius_sq_estimate`, one JVP of r per probe)."""
-
-    def fn(model, x, x_tilde, h, key):
-        if probes == 0:
-            return jacobian.reconstruction_frobenius_sq(model.encode, model.decode, x)
-        return jacobian.reconstruction_frobenius_sq_estimate(
-            model.encode, model.decode, x, key, num_probes=probes
-        )
-
-    return Term("reconstruction_contractive", fn, weight)
-
-
 def objectives(sigma: float) -> dict[str, Objective]:
     lam = sigma**2
     return {
         CONTROL: Objective(loss="squared_error"),
         DAE: Objective(loss="squared_error", corruption="gaussian", corruption_level=sigma),
-        EXACT: Objective(loss="squared_error", extra_terms=(reconstruction_contractive(lam),)),
+        EXACT: Objective(loss="squared_error", reconstruction_contractive=lam),
         HUTCHINSON: Objective(
-            loss="squared_error", extra_terms=(reconstruction_contractive(lam, probes=1),)
+            loss="squared_error",
+            reconstruction_contractive=lam,
+            reconstruction_contractive_probes=1,
         ),
     }
 
