@@ -227,10 +227,12 @@ def trainer(
     learning_rate: float,
     lr_schedule: str = "constant",
 ) -> Callable[..., Any]:
-    """`train(x [N, ...], seed, num_steps=None) -> model`: `aecore.models.ModelSpec(**spec)`
-    trained in memory for `num_steps` Adam steps (or the call's own count; a cosine schedule
-    keeps the trainer's length) of ONE jitted `aecore.train.make_train_step`, shared by every
-    call (seeds compile once), with `fit`'s batches (`batch_at`) and keys (`fold_in(key, t)`).
+    """`train(x [N, ...], seed, num_steps=None) -> (model, seconds per step)`:
+    `aecore.models.ModelSpec(**spec)` trained in memory for `num_steps` Adam steps (or the
+    call's own count; a cosine schedule keeps the trainer's length) of ONE jitted
+    `aecore.train.make_train_step`, shared by every call (seeds compile once), with `fit`'s
+    batches (`batch_at`) and keys (`fold_in(key, t)`). The seconds are those of the step loop
+    (the model's build excluded; the first call's include the compilation).
 
     For objectives a config record cannot hold (user terms in `Objective(extra_terms=...)` are
     code, see `aecore.configs.NOT_CONFIGURABLE`).
@@ -250,14 +252,14 @@ def trainer(
     def train(x: np.ndarray, seed: int, num_steps: int = num_steps) -> Any:
         model = ModelSpec(**spec).build(x.shape[1:], key=seed)
         opt_state, key = aetrain.init_optimizer(optimizer, model), jax.random.key(seed)
-        finite = True
+        finite, started = True, time.perf_counter()
         for t in range(num_steps):
             xb = jnp.asarray(aetrain.batch_at(x, t, batch_size=batch_size, seed=seed))
             model, opt_state, metrics = step(model, opt_state, xb, jax.random.fold_in(key, t))
             finite = finite & metrics["finite"]
-        if not bool(finite):
+        if not bool(finite):  # waits for the last step
             raise FloatingPointError(f"training {spec} with {objective.describe()} diverged")
-        return model
+        return model, (time.perf_counter() - started) / num_steps
 
     return train
 

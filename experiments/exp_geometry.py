@@ -61,20 +61,14 @@ def objectives() -> dict[str, Objective]:
 
 
 def step_seconds(trainers: dict, x: np.ndarray, *, rounds: int, steps: int) -> dict[str, float]:
-    """Seconds per train step of each trainer: medians over `rounds` interleaved rounds of the
-    time of a (2 + `steps`)-step call less that of a 2-step call (so the model's build and the
-    optimizer's init do not count); each trainer compiled first."""
+    """Seconds per train step of each trainer: medians over `rounds` interleaved rounds of
+    `steps`-step calls (the step loops' own time; each trainer compiled first)."""
     for train in trainers.values():
         train(x, 0, num_steps=1)
     times = {name: [] for name in trainers}
     for _ in range(rounds):
         for name, train in trainers.items():
-            elapsed = []
-            for n in (2, 2 + steps):
-                t = time.perf_counter()
-                train(x, 0, num_steps=n)
-                elapsed.append(time.perf_counter() - t)
-            times[name].append(max(elapsed[1] - elapsed[0], 1e-9) / steps)
+            times[name].append(train(x, 0, num_steps=steps)[1])
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -116,7 +110,7 @@ def run_k(
     for seed in range(seeds):
         for name, train in trainers.items():
             t = time.perf_counter()
-            model = train(ds.x_train, seed, num_steps=steps[name])
+            model, _ = train(ds.x_train, seed, num_steps=steps[name])
             row = table[name]
             row["wall_s"].append(time.perf_counter() - t)
             for key, value in geometry(_test_singular_values(model, x_eval)).items():

@@ -150,7 +150,7 @@ def run_density(name: str, *, n: int, train: dict, seeds: int) -> dict[str, Any]
     for seed in range(seeds):
         x = sample(d, n, seed=seed)
         for variant, train_model in trainers.items():
-            model = train_model(x, seed)
+            model, _ = train_model(x, seed)
             field = np.asarray(_displacement(model, jnp.asarray(x_grid, jnp.float32)), np.float64)
             for suffix, t in (("", target), ("_smoothed", smoothed)):
                 for key, value in alignment(field, t).items():
