@@ -234,8 +234,9 @@ def trainer(
     batches (`batch_at`) and keys (`fold_in(key, t)`). The seconds are those of the step loop
     (the model's build excluded; the first call's include the compilation).
 
-    For objectives a config record cannot hold (user terms in `Objective(extra_terms=...)` are
-    code, see `aecore.configs.NOT_CONFIGURABLE`).
+    For sweeps of many seeds per objective where `train_record`'s run directory, evaluation and
+    per-run compilation would cost more than the training, and for equal-wall-clock budgets;
+    it also takes objectives a config record cannot hold (`Objective(extra_terms=...)`).
 
     Raises:
       FloatingPointError: the loss or a gradient became non-finite (checked at the end).
@@ -249,7 +250,7 @@ def trainer(
     optimizer = aetrain.make_optimizer(config)
     step = aetrain.make_train_step(objective, optimizer, donate=False)
 
-    def train(x: np.ndarray, seed: int, num_steps: int = num_steps) -> Any:
+    def train(x: np.ndarray, seed: int, num_steps: int = num_steps) -> tuple[Any, float]:
         model = ModelSpec(**spec).build(x.shape[1:], key=seed)
         opt_state, key = aetrain.init_optimizer(optimizer, model), jax.random.key(seed)
         finite, started = True, time.perf_counter()
