@@ -20,8 +20,8 @@ expectation "exact < irvae1 < AE" (lower first), whichever way it comes out.
 Command:  python -m experiments.exp_geometry [--quick] [--out DIR] [--data mnist10k|digits]
 Expected: the exact regularizer's test distortion below the plain AE's at both k (checked);
   exact against the estimator at equal time: what is measured (see experiments/README.md).
-Runtime:  about 14 min on 2 CPU cores shared with other jobs (load 15-19; mnist10k); --quick
-  about 30 s under that load (digits). Results: experiments/README.md.
+Runtime:  6 min on 2 CPU cores shared with other jobs (mnist10k; 14 min at load average
+  15-19); --quick about 50 s at that load (digits). Results: experiments/README.md.
 """
 
 from __future__ import annotations

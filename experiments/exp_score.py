@@ -27,8 +27,8 @@ Expected: on the mixture and the circle, DAE and rCAE fields aligned with the sc
   > 0.8; relative error to λ∇log p_λ < 0.5), the plain AE's not (cosine < 0.8); on the spiral
   neither fits the field in this budget (recorded, not checked; see CHECKED); exact against
   Hutchinson rCAE: what is measured.
-Runtime:  about 12 min on 2 CPU cores shared with other jobs (load ~15); --quick 30-40 s
-  under that load (see experiments/README.md).
+Runtime:  about 12 min on 2 CPU cores shared with other jobs (load ~15); --quick about
+  50 s under that load (see experiments/README.md).
 """
 
 from __future__ import annotations
