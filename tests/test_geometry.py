@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from aecore import jacobian, make_autoencoder, regularizers
+from aecore import evaluate, jacobian, make_autoencoder, regularizers
 from aecore.jacobian import geometry
 from aecore.objective import Objective
 
@@ -428,3 +428,21 @@ def test_objective_refuses_bad_geometry_fields_in_one_line(field, value, message
     with pytest.raises(ValueError, match=None) as info:
         Objective(**{field: value})
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_decoder_geometry_metrics_match_numpy():
+    """evaluate.decoder_geometry against the metric formed by jacrev and NumPy's float64
+    eigenvalues of G (an independent route: no QR, no SVD of J)."""
+    model = make_autoencoder((6,), hidden=(3,), key=0)
+    x = np.random.default_rng(0).uniform(size=(7, 6)).astype(np.float32)
+    got = evaluate.decoder_geometry(model, x)
+    z = jax.vmap(model.encode)(jnp.asarray(x))
+    jac = np.asarray(jax.vmap(jax.jacrev(model.decode))(z), np.float64)  # [7, 6, 3]
+    eig = np.linalg.eigvalsh(np.einsum("bdk,bdl->bkl", jac, jac))  # ascending
+    want = {
+        "decoder_distortion": np.mean(np.sum(eig**2, 1)) / np.mean(np.sum(eig, 1)) ** 2,
+        "metric_condition_median": np.median(eig[:, -1] / eig[:, 0]),
+        "mean_logdet_metric": np.mean(np.sum(np.log(eig), 1)),
+    }
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, err_msg=name)  # float32 model
