@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from aecore import _checks, jacobian, losses, models
+from aecore.jacobian.geometry import householder_r
 from aecore.objective import Objective, reconstruction
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +210,9 @@ def _decoder_singular_values(model, x):  # [B, k]: of J_g at each example's code
     m = models.eval_mode(model)
     z = _encode_eval(m, x)
     jac = jax.vmap(jax.jacfwd(lambda zi: m.decode(zi).reshape(-1)))(z)  # [B, d, k]
-    return jnp.linalg.svd(jac, compute_uv=False)
+    # J's singular values are R's (J = QR): a [k, k] SVD instead of a [d, k] one.
+    r = jax.vmap(householder_r)(jac) if jac.shape[1] >= jac.shape[2] else jac
+    return jnp.linalg.svd(r, compute_uv=False)
 
 
 def decoder_geometry(model, x, *, max_examples: int = 500) -> dict[str, float]:

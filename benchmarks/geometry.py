@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="one tiny shape, 2 reps (smoke test)")
     p.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--shapes", default=None, help="comma-separated names of SHAPES")
     args = p.parse_args(argv)
     # optax.adam mixes a Python float with an int32 count; run under standard promotion.

@@ -126,36 +126,72 @@ def pullback_metric(decode: Callable, z: jax.Array, *, chunk_size: int | None = 
     return _per_example(per_example, (z,), chunk_size)
 
 
+def householder_r(a: jax.Array) -> jax.Array:
+    """R [k, k] of a thin QR of a [d, k] (d >= k), by k Householder reflections in plain JAX.
+
+    Backward stable like LAPACK's geqrf, without its per-matrix custom call: vmapped over a
+    batch it is one loop of k batched updates, where XLA:CPU's batched QR calls LAPACK matrix
+    by matrix (40x slower for 64 matrices of 784 x 32 on this shared 2-core CPU, measured).
+    The diagonal may be negative (|R_jj| are what the determinant needs).
+    """
+    d, k = a.shape
+    rows = jnp.arange(d)
+
+    def reflect(i, a):
+        col = jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)
+        x = jnp.where(rows >= i, col, 0.0)
+        norm = jnp.sqrt(jnp.sum(x * x))
+        alpha = jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
+        v = x + jnp.where(rows == i, jnp.where(alpha >= 0, norm, -norm), 0.0)
+        vv = jnp.sum(v * v)
+        beta = jnp.where(vv > 0, 2.0 / jnp.where(vv > 0, vv, 1.0), 0.0)
+        return a - beta * jnp.outer(v, v @ a)
+
+    return jnp.triu(jax.lax.fori_loop(0, k, reflect, a)[:k])
+
+
+def _upper_inverse(r: jax.Array) -> jax.Array:
+    """R⁻¹ of an upper-triangular [k, k] R with a nonzero diagonal, by back substitution."""
+    k = r.shape[0]
+    eye = jnp.eye(k, dtype=r.dtype)
+
+    def row(j, x):  # rows below i are done, row i (and above) still zero
+        i = k - 1 - j
+        r_i = jax.lax.dynamic_index_in_dim(r, i, keepdims=False)
+        e_i = jax.lax.dynamic_index_in_dim(eye, i, keepdims=False)
+        return x.at[i].set((e_i - r_i @ x) / r_i[i])
+
+    return jax.lax.fori_loop(0, k, row, jnp.zeros_like(r))
+
+
 @jax.custom_vjp
 def logdet_gram(jac: jax.Array) -> jax.Array:
     """log det(jacᵀjac) = 2 Σ log|R_ii| from a thin QR of jac [d, k] (d >= k); never forms jacᵀjac.
 
     Forming G = JᵀJ squares J's condition number; the QR of J does not, so the value keeps about
     cond(J) · eps relative accuracy in R's diagonal. At exact rank deficiency (some R_ii = 0)
-    the value is -inf. The gradient is 2 Q R⁻ᵀ (= 2 J G⁻¹), with each |R_ii| floored at
-    eps · max_j |R_jj| (eps of the dtype) in the solve, so it stays finite, also at rank
+    the value is -inf. The gradient is 2 J R⁻¹R⁻ᵀ (= 2 J G⁻¹), with each |R_ii| floored at
+    eps · max_j |R_jj| (eps of the dtype) in R⁻¹, so it stays finite, also at rank
     deficiency, where it is the gradient of the floored, finite surrogate.
     """
-    return 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(jnp.linalg.qr(jac, mode="r")))))
+    return _logdet_fwd(jac)[0]
 
 
 def _logdet_fwd(jac):
-    q, r = jnp.linalg.qr(jac)
+    r = householder_r(jac)
     diag = jnp.diagonal(r)
     value = 2.0 * jnp.sum(jnp.log(jnp.abs(diag)))
     floor = jnp.finfo(jac.dtype).eps * jnp.max(jnp.abs(diag))
     floor = jnp.where(floor > 0, floor, jnp.finfo(jac.dtype).tiny)
-    sign = jnp.where(diag < 0, -1.0, 1.0).astype(diag.dtype)
-    clamped = sign * jnp.maximum(jnp.abs(diag), floor)
+    clamped = jnp.where(diag < 0, -1.0, 1.0) * jnp.maximum(jnp.abs(diag), floor)
     r = r - jnp.diag(diag) + jnp.diag(clamped)
-    return value, (q, r)
+    return value, (jac, r)
 
 
 def _logdet_bwd(res, ct):
-    q, r = res
-    # X = Q R⁻ᵀ: solve R Xᵀ = Qᵀ.
-    xt = jax.scipy.linalg.solve_triangular(r, q.T, lower=False)
-    return (2.0 * ct * xt.T,)
+    jac, r = res
+    r_inv = _upper_inverse(r)
+    return (2.0 * ct * (jac @ r_inv) @ r_inv.T,)
 
 
 logdet_gram.defvjp(_logdet_fwd, _logdet_bwd)
