@@ -20,6 +20,7 @@ from jax.typing import ArrayLike
 
 from aecore import _checks, jacobian, losses, models
 from aecore.models import Model
+from aecore.jacobian.geometry import householder_r
 from aecore.objective import Objective, reconstruction
 
 if TYPE_CHECKING:
@@ -210,6 +211,37 @@ def jacobian_spectrum(model: Model, x: ArrayLike, *, max_examples: int = 200) ->
     jac = np.asarray(jac_fn(model, jnp.asarray(x)))
     jac = jac.reshape(jac.shape[0], jac.shape[1], -1).astype(np.float64)  # [n, k, d]
     return np.linalg.svd(jac, compute_uv=False)
+
+
+@jax.jit
+def _decoder_singular_values(model, x):  # [B, k]: of J_g at each example's code, descending
+    m = models.eval_mode(model)
+    z = _encode_eval(m, x)
+    jac = jax.vmap(jax.jacfwd(lambda zi: m.decode(zi).reshape(-1)))(z)  # [B, d, k]
+    # J's singular values are R's (J = QR): a [k, k] SVD instead of a [d, k] one.
+    r = jax.vmap(householder_r)(jac) if jac.shape[1] >= jac.shape[2] else jac
+    return jnp.linalg.svd(r, compute_uv=False)
+
+
+def decoder_geometry(model, x, *, max_examples: int = 500) -> dict[str, float]:
+    """The decoder's exact geometry at the codes of x (IRVAE's evaluation measures, exact).
+
+    From the singular values s of J_g at each code (k forward-mode products and a [d, k] SVD
+    per example, on the first `max_examples` examples): "decoder_distortion", the relaxed
+    distortion E[tr G²]/E[tr G]² of G = J_gᵀJ_g (1/k for a scaled isometry, Lee et al. ICLR
+    2022); "metric_condition_median", the median condition number s_max²/s_min² of G;
+    "mean_logdet_metric", the mean log det G = 2 Σ log s (-inf where G is singular).
+    """
+    _checks.check_positive_int("max_examples", max_examples)
+    x = _check_x(model, x)[:max_examples]
+    s = _in_chunks(_decoder_singular_values, model, x, 256).astype(np.float64)  # [n, k]
+    sq = s**2
+    with np.errstate(divide="ignore"):
+        return {
+            "decoder_distortion": float(np.mean(np.sum(sq**2, 1)) / np.mean(np.sum(sq, 1)) ** 2),
+            "metric_condition_median": float(np.median(sq[:, 0] / sq[:, -1])),
+            "mean_logdet_metric": float(np.mean(np.sum(np.log(sq), axis=1))),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,7 +545,9 @@ def evaluate_model(
     Keys: "reconstruction_error" (test split, `objective.loss`), "mean_jacobian_norm" (mean exact
     ‖J‖_F on the test split), "saturation" (code saturation on the test split), and, when the
     dataset has labels and probe=True, "linear_probe_accuracy" (probe trained on train codes,
-    scored on test codes). Each split is cut to its first `max_examples` examples. "saturation"
+    scored on test codes), and the decoder's exact geometry on the first 500 test examples
+    (`decoder_geometry`: "decoder_distortion", "metric_condition_median",
+    "mean_logdet_metric"). Each split is cut to its first `max_examples` examples. "saturation"
     is left out when the code activation is neither declared by the model nor given as
     `activation`.
     """
@@ -524,6 +558,7 @@ def evaluate_model(
         "reconstruction_error": reconstruction_error(model, x_test, loss=objective.loss),
         "mean_jacobian_norm": float(np.mean(jacobian_norms(model, x_test))),
     }
+    metrics |= decoder_geometry(model, x_test, max_examples=min(max_examples, 500))
     if activation is not None or code_activation(model) is not None:
         metrics["saturation"] = saturation(model, x_test, activation=activation)
     if probe and dataset.y_train is not None and dataset.y_test is not None:

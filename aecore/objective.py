@@ -48,6 +48,21 @@ class Objective:
       higher_order_mode: how that expectation is computed: "monte_carlo" (the draws above),
         "expected" (exactly, no noise; one elementwise layer only) or "hessian" (its σ → 0
         limit σ²‖∂J/∂x‖²_F, exact for any encoder); see `regularizers.contractive_higher_order`.
+      isometry: λ of the flatness penalty λ ‖G − c I‖²_F on the decoder's exact pullback metric
+        G = J_gᵀJ_g at the batch's codes (Chen et al. 2020; `regularizers.isometry`).
+      isometry_scale: its c >= 0 fixed, or None (default) for the scale-free c = tr G / k.
+      distortion: λ of IRVAE's relaxed distortion E[tr G²]/E[tr G]² (Lee et al., ICLR 2022) on
+        mixup-interpolated codes (`regularizers.distortion_term`), a batch-level scalar.
+      distortion_eta: the mixup's η: t ~ U[−η, 1 + η] (IRVAE: 0.2).
+      distortion_probes: 0 (default) computes the distortion exactly (k JVPs per code); > 0
+        uses IRVAE's ESTIMATE with that many Gaussian probes per code (IRVAE: 1).
+      logdet_variance: λ of Geometric AE's λ Var_b log det G_b (Nazari et al. 2023), log-dets
+        from a QR of J_g (`jacobian.pullback_logdet`).
+      reconstruction_contractive: λ of the reconstruction contractive penalty λ ‖∂r(x)/∂x‖²_F,
+        r = decode ∘ encode, at the clean input (Alain & Bengio 2014), exact through
+        tr(G_dec J_f J_fᵀ) (`jacobian.reconstruction_frobenius_sq`, mode "auto").
+      reconstruction_contractive_probes: 0 (default) exact; > 0 a Hutchinson ESTIMATE with
+        that many probes per example (`jacobian.reconstruction_frobenius_sq_estimate`).
       corruption: "none", "mask" (drop probability `corruption_level`) or "gaussian"
         (std `corruption_level`); the reconstruction target stays the clean input.
       extra_terms: user terms (`regularizers.Term(name, fn, weight)`), added after the built-in
@@ -82,6 +97,14 @@ class Objective:
     corruption: str = "none"
     corruption_level: float = 0.0
     extra_terms: Sequence[Term] = ()
+    isometry: float = 0.0
+    isometry_scale: float | None = None
+    distortion: float = 0.0
+    distortion_eta: float = 0.2
+    distortion_probes: int = 0
+    logdet_variance: float = 0.0
+    reconstruction_contractive: float = 0.0
+    reconstruction_contractive_probes: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "extra_terms", tuple(self.extra_terms))
@@ -91,9 +114,19 @@ class Objective:
                     f"extra_terms must hold regularizers.Term(name, fn, weight), got {t!r}"
                 )
         _checks.check_choice("loss", self.loss, losses.LOSSES)
-        for name in ("weight_decay", "l1", "kl", "contractive", "higher_order"):
+        for name in (
+            *("weight_decay", "l1", "kl", "contractive", "higher_order", "isometry"),
+            *("distortion", "distortion_eta", "logdet_variance", "reconstruction_contractive"),
+        ):
             _checks.check_nonnegative(name, getattr(self, name))
-        _checks.check_int("contractive_probes", self.contractive_probes)
+        if self.isometry_scale is not None:
+            _checks.check_nonnegative("isometry_scale", self.isometry_scale)
+        for name in (
+            "contractive_probes",
+            "distortion_probes",
+            "reconstruction_contractive_probes",
+        ):
+            _checks.check_int(name, getattr(self, name))
         _checks.check_open_unit("rho", self.rho)
         _checks.check_choice("jacobian_mode", self.jacobian_mode, jacobian.MODES)
         if self.chunk_size is not None:
@@ -145,6 +178,33 @@ class Objective:
                     mode=self.jacobian_mode,
                     chunk_size=self.chunk_size,
                     form=self.higher_order_mode,
+                )
+            )
+        built += self._geometry_terms()
+        return built
+
+    def _geometry_terms(self) -> list[Term]:
+        """The decoder-geometry and reconstruction-Jacobian terms switched on by the fields."""
+        built = []
+        if self.isometry > 0:
+            built.append(
+                regularizers.isometry_term(
+                    self.isometry, scale=self.isometry_scale, chunk_size=self.chunk_size
+                )
+            )
+        if self.distortion > 0:
+            built.append(
+                regularizers.distortion_term(
+                    self.distortion, eta=self.distortion_eta, probes=self.distortion_probes
+                )
+            )
+        if self.logdet_variance > 0:
+            built.append(regularizers.logdet_variance_term(self.logdet_variance))
+        if self.reconstruction_contractive > 0:
+            built.append(
+                regularizers.reconstruction_contractive_term(
+                    self.reconstruction_contractive,
+                    probes=self.reconstruction_contractive_probes,
                 )
             )
         return built

@@ -173,6 +173,98 @@ def contractive_higher_order(
     return weight * jnp.mean(diffs, axis=0)
 
 
+# ---------------------------------------------------------------------------------------------
+# The decoder's geometry (pullback metric G = J_gᵀJ_g at the codes) and the reconstruction map
+
+
+def isometry(g: jax.Array, *, weight: float, scale: float | None = None) -> jax.Array:
+    """λ ‖G − c I‖²_F per code: a flat (c fixed) or conformal (c = tr G / k) decoder.
+
+    Flat latent spaces (Chen et al. 2020, "Learning flat latent manifolds with VAEs") and FlatVI
+    push the decoder's pullback metric G towards a multiple of the identity, so that code
+    distances are output distances (up to c). The metric comes from
+    `jacobian.pullback_metric(decode, z)` (exact, k JVPs per code).
+
+    Args:
+      g: pullback metrics [B, k, k].
+      weight: λ >= 0.
+      scale: c >= 0 fixed, or None for the scale-free c = tr G_i / k of each code (penalizes
+        only G's departure from a multiple of I).
+
+    Returns:
+      [B] penalties.
+    """
+    _checks.check_nonnegative("isometry weight", weight)
+    if scale is not None:
+        _checks.check_nonnegative("isometry scale", scale)
+    k = g.shape[-1]
+    if scale is None:
+        c = jnp.trace(g, axis1=1, axis2=2)[:, None, None] / k
+    else:
+        c = jnp.asarray(scale, g.dtype)
+    diff = g - c * jnp.eye(k, dtype=g.dtype)[None]
+    return weight * jnp.sum(diff**2, axis=(1, 2))
+
+
+def mixup_codes(key: jax.Array, z: jax.Array, *, eta: float = 0.2) -> jax.Array:
+    """IRVAE's augmented codes t z_i + (1 − t) z_π(i): π a random permutation of the batch and
+    t ~ U[−η, 1 + η] per code (Lee et al., ICLR 2022, `relaxed_distortion_measure`, η = 0.2),
+    so the metric is regularized between and a little beyond the data's codes. z [B, k]."""
+    _checks.check_nonnegative("distortion eta", eta)
+    k_perm, k_t = jax.random.split(key)
+    partner = z[jax.random.permutation(k_perm, z.shape[0])]
+    t = jax.random.uniform(k_t, (z.shape[0], 1), z.dtype, -eta, 1 + eta)
+    return t * z + (1 - t) * partner
+
+
+def relaxed_distortion(g: jax.Array, *, weight: float) -> jax.Array:
+    """λ E[tr G²] / E[tr G]², IRVAE's relaxed distortion (Lee et al., ICLR 2022), exact.
+
+    The batch-ratio form of IRVAE's code: the mean over the batch of tr G_i² divided by the
+    square of the mean of tr G_i (not a mean of per-code ratios), here with exact traces from
+    G [B, k, k] where IRVAE estimates both with one Gaussian probe per code
+    (`jacobian.relaxed_distortion_estimate`). It is scale-free and at its minimum 1/k when
+    every G_i is the same multiple of I (a scaled isometry). IRVAE evaluates it on
+    `mixup_codes`. Returns a scalar (a batch-level penalty).
+    """
+    _checks.check_nonnegative("distortion weight", weight)
+    return weight * jacobian.relaxed_distortion(g)
+
+
+def logdet_variance(logdet: jax.Array, *, weight: float) -> jax.Array:
+    """λ Var_b(log det G_b) over the batch (Nazari et al. 2023, Geometric Autoencoders).
+
+    Makes the decoder's volume change the same across the codes, so that code-space density
+    reflects data density. `logdet` [B] from `jacobian.pullback_logdet` (a QR of J_g: stable,
+    where Geometric AE's `logdet` of G squares J's condition number). Returns a scalar.
+    """
+    _checks.check_nonnegative("logdet_variance weight", weight)
+    return weight * jnp.var(logdet)
+
+
+def reconstruction_contractive(
+    encode: Callable, decode: Callable, x: jax.Array, *, weight: float, mode: str = "auto"
+) -> jax.Array:
+    """λ ‖∂r(x)/∂x‖²_F per example, r = decode ∘ encode (Alain & Bengio 2014), exact.
+
+    Penalizing the reconstruction's Jacobian makes r(x) − x estimate σ² ∂log p(x)/∂x for a
+    small penalty (their Theorem 1). Computed as tr(G_dec(h) · J_f J_fᵀ)
+    (`jacobian.reconstruction_frobenius_sq`).
+
+    Args:
+      encode: maps one example to its code [k].
+      decode: maps one code to one example.
+      x: batch [B, *input_shape].
+      weight: λ >= 0.
+      mode: see `jacobian.reconstruction_frobenius_sq`.
+
+    Returns:
+      [B] penalties.
+    """
+    _checks.check_nonnegative("reconstruction_contractive weight", weight)
+    return weight * jacobian.reconstruction_frobenius_sq(encode, decode, x, mode=mode)
+
+
 # --------------------------------------------------------------------------------------------
 # Terms: the one way a penalty enters an objective (built-in and user-written alike)
 
@@ -340,3 +432,63 @@ def higher_order_term(
         )
 
     return Term("higher_order", fn, weight)
+
+
+def isometry_term(
+    weight: float, *, scale: float | None = None, chunk_size: int | None = None
+) -> Term:
+    """Term "isometry": λ ‖G − c I‖²_F (`isometry`) per example, G the exact pullback metric of
+    `model.decode` at the batch's codes h."""
+    if scale is not None:
+        _checks.check_nonnegative("isometry_scale", scale)
+
+    def fn(model, x, x_tilde, h, key):
+        g = jacobian.pullback_metric(model.decode, h, chunk_size=chunk_size)
+        return isometry(g, weight=1.0, scale=scale)
+
+    return Term("isometry", fn, weight)
+
+
+def distortion_term(weight: float, *, eta: float = 0.2, probes: int = 0) -> Term:
+    """Term "distortion": IRVAE's relaxed distortion of `model.decode` on `mixup_codes` of the
+    batch's codes (the term's key draws the mixup), exact (`relaxed_distortion`) when
+    `probes` = 0, else IRVAE's own ESTIMATE with that many Gaussian probes per code
+    (`jacobian.relaxed_distortion_estimate`; IRVAE uses 1). A scalar."""
+    _checks.check_nonnegative("distortion_eta", eta)
+    _checks.check_int("distortion_probes", probes)
+
+    def fn(model, x, x_tilde, h, key):
+        k_mix, k_probe = jax.random.split(key)
+        z = mixup_codes(k_mix, h, eta=eta)
+        if probes == 0:
+            return relaxed_distortion(jacobian.pullback_metric(model.decode, z), weight=1.0)
+        return jacobian.relaxed_distortion_estimate(model.decode, z, k_probe, num_probes=probes)
+
+    return Term("distortion", fn, weight)
+
+
+def logdet_variance_term(weight: float) -> Term:
+    """Term "logdet_variance": Geometric AE's λ Var_b log det G_b (`logdet_variance`) of
+    `model.decode` at the batch's codes, the log-determinants by QR. A scalar."""
+
+    def fn(model, x, x_tilde, h, key):
+        return logdet_variance(jacobian.pullback_logdet(model.decode, h), weight=1.0)
+
+    return Term("logdet_variance", fn, weight)
+
+
+def reconstruction_contractive_term(weight: float, *, probes: int = 0) -> Term:
+    """Term "reconstruction_contractive": λ ‖∂r(x)/∂x‖²_F at the clean input, r = model.decode ∘
+    model.encode, exact (`reconstruction_contractive`) when `probes` = 0, else a Hutchinson
+    ESTIMATE with that many probes (`jacobian.reconstruction_frobenius_sq_estimate`, method
+    "jvp", the term's key). Per example."""
+    _checks.check_int("reconstruction_contractive_probes", probes)
+
+    def fn(model, x, x_tilde, h, key):
+        if probes == 0:
+            return reconstruction_contractive(model.encode, model.decode, x, weight=1.0)
+        return jacobian.reconstruction_frobenius_sq_estimate(
+            model.encode, model.decode, x, key, num_probes=probes
+        )
+
+    return Term("reconstruction_contractive", fn, weight)

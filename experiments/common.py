@@ -14,12 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from aecore import Objective, configs
 from aecore import run as aerun
+from aecore import train as aetrain
 from aecore.data import Dataset, load_dataset
+from aecore.models import ModelSpec
 from aecore.train.rundir import METRICS_FILE, RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,6 +217,53 @@ def fit_record(
     """`train_record` of `record(model=, objective=, train=, seed=)` on arrays [N, ...]."""
     config = record(model=model, objective=objective, train=train, seed=seed)
     return train_record(s, name, config, dataset(name, x_train, x_test))
+
+
+def trainer(
+    spec: dict[str, Any],
+    objective: Objective,
+    *,
+    num_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    lr_schedule: str = "constant",
+) -> Callable[..., Any]:
+    """`train(x [N, ...], seed, num_steps=None) -> (model, seconds per step)`:
+    `aecore.models.ModelSpec(**spec)` trained in memory for `num_steps` Adam steps (or the
+    call's own count; a cosine schedule keeps the trainer's length) of ONE jitted
+    `aecore.train.make_train_step`, shared by every call (seeds compile once), with `fit`'s
+    batches (`batch_at`) and keys (`fold_in(key, t)`). The seconds are those of the step loop
+    (the model's build excluded; the first call's include the compilation).
+
+    For sweeps of many seeds per objective where `train_record`'s run directory, evaluation and
+    per-run compilation would cost more than the training, and for equal-wall-clock budgets;
+    it also takes objectives a config record cannot hold (`Objective(extra_terms=...)`).
+
+    Raises:
+      FloatingPointError: the loss or a gradient became non-finite (checked at the end).
+    """
+    config = aetrain.TrainConfig(
+        num_steps=num_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_schedule=lr_schedule,
+    )
+    optimizer = aetrain.make_optimizer(config)
+    step = aetrain.make_train_step(objective, optimizer, donate=False)
+
+    def train(x: np.ndarray, seed: int, num_steps: int = num_steps) -> tuple[Any, float]:
+        model = ModelSpec(**spec).build(x.shape[1:], key=seed)
+        opt_state, key = aetrain.init_optimizer(optimizer, model), jax.random.key(seed)
+        finite, started = True, time.perf_counter()
+        for t in range(num_steps):
+            xb = jnp.asarray(aetrain.batch_at(x, t, batch_size=batch_size, seed=seed))
+            model, opt_state, metrics = step(model, opt_state, xb, jax.random.fold_in(key, t))
+            finite = finite & metrics["finite"]
+        if not bool(finite):  # waits for the last step
+            raise FloatingPointError(f"training {spec} with {objective.describe()} diverged")
+        return model, (time.perf_counter() - started) / num_steps
+
+    return train
 
 
 def patch_filters(

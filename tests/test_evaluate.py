@@ -327,6 +327,9 @@ def test_evaluate_model_keys_and_json():
         "mean_jacobian_norm",
         "saturation",
         "linear_probe_accuracy",
+        "decoder_distortion",
+        "metric_condition_median",
+        "mean_logdet_metric",
     }
     assert all(type(v) is float for v in out.values())
     json.dumps(out)

@@ -34,6 +34,8 @@ CONFIGS: tuple[str, ...] = (
     "denoising_gaussian",
     "contractive",
     "contractive_higher_order",
+    "reconstruction_contractive",
+    "isometric",
 )
 
 __all__ = [

@@ -26,6 +26,17 @@ from aecore.jacobian.estimate import (
     frobenius_sq_estimate,
     frobenius_sq_interval,
 )
+from aecore.jacobian.geometry import (
+    RECONSTRUCTION_MODES,
+    ReconstructionExplanation,
+    explain_reconstruction,
+    pullback_logdet,
+    pullback_metric,
+    reconstruction_frobenius_sq,
+    reconstruction_frobenius_sq_estimate,
+    relaxed_distortion,
+    relaxed_distortion_estimate,
+)
 from aecore.jacobian.higher_order import (
     frobenius_sq_diff,
     frobenius_sq_diff_expected,
@@ -36,10 +47,13 @@ from aecore.jacobian.routes import STRUCTURED_PRODUCTS
 __all__ = [
     "ESTIMATOR_METHODS",
     "MODES",
+    "RECONSTRUCTION_MODES",
     "STRUCTURED_PRODUCTS",
     "Explanation",
+    "ReconstructionExplanation",
     "choose_mode",
     "explain",
+    "explain_reconstruction",
     "frobenius_sq",
     "frobenius_sq_diff",
     "frobenius_sq_diff_expected",
@@ -47,6 +61,12 @@ __all__ = [
     "frobenius_sq_interval",
     "hessian_frobenius_sq",
     "jacobian",
+    "pullback_logdet",
+    "pullback_metric",
+    "reconstruction_frobenius_sq",
+    "reconstruction_frobenius_sq_estimate",
+    "relaxed_distortion",
+    "relaxed_distortion_estimate",
 ]
 
 MODES = ("auto", "jacfwd", "jacrev", "closed_form", "structured", "peel", "blocks")
