@@ -19,8 +19,8 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from aecore import _checks, jacobian, losses, models
-from aecore.models import Model
 from aecore.jacobian.geometry import householder_r
+from aecore.models import Model
 from aecore.objective import Objective, reconstruction
 
 if TYPE_CHECKING:

@@ -396,7 +396,7 @@ class RunWriter:
         self._ckpt = None
 
     def close(self) -> None:
-        if self._tb is not None:
+        if self._tb is not None and self.run is not None:  # a writer only exists in a run
             _close_events(self._tb, self.run.file(TB_DIR))
         if self._ckpt is not None:
             self._ckpt.close()
