@@ -70,11 +70,12 @@ def _fast_only(config) -> bool:
 
 def pytest_ignore_collect(collection_path, config):
     """Under `-m fast`, other test modules are not even imported (their imports of experiments,
-    notebooks and TFDS cost seconds of collection)."""
+    notebooks and TFDS cost seconds of collection), unless they mark some tests fast themselves."""
     if _fast_only(config) and collection_path.suffix == ".py":
         name = collection_path.stem
         if name.startswith("test_") and name not in FAST_MODULES:
-            return True
+            if "pytest.mark.fast" not in collection_path.read_text():
+                return True
     return None
 
 
