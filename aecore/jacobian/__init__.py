@@ -8,6 +8,8 @@ elementwise segments, or as a leading affine map A_0 followed by anything
 A_0's Gram matrix once per batch, the block-wise pullback part by part
 (`aecore.jacobian.blocks`), or whole-function autodiff.
 Clearly named random-projection *estimates* live here too. `explain` says what was found.
+The decoder's pullback metric, its log-determinant and the reconstruction Jacobian
+‖∂g(f(x))/∂x‖²_F are in `aecore.jacobian.geometry` (`explain_reconstruction`).
 """
 
 from __future__ import annotations
