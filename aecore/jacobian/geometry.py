@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from aecore import _checks
+
+if TYPE_CHECKING:  # defined in the package, which imports this module
+    from aecore.jacobian import Explanation
 
 RECONSTRUCTION_MODES = ("auto", "factored", "jacrev", "jacfwd")
 
@@ -336,7 +340,7 @@ class ReconstructionExplanation:
       choice: the mode `mode="auto"` runs.
     """
 
-    encoder: object
+    encoder: Explanation
     decoder: str
     costs: dict[str, int]
     choice: str
@@ -469,14 +473,18 @@ def reconstruction_frobenius_sq_estimate(
 ):
     """ESTIMATE of ‖∂r(x_i)/∂x_i‖²_F: `frobenius_sq_estimate` on the composed map g∘f.
 
-    Unbiased, not exact. For an interval, pass the composed map
-    `lambda xi: decode(encode(xi)).reshape(-1)` to the interval function of
-    `aecore.jacobian.estimate` (or use `with_error=True` and `estimate.degrees_of_freedom`).
+    Unbiased, not exact. For an interval that covers at its nominal level, pass the composed
+    map `lambda xi: decode(encode(xi)).reshape(-1)` to `aecore.jacobian.frobenius_sq_interval`
+    with the same key and probes.
 
     Args:
-      encode, decode, x: as in `reconstruction_frobenius_sq`.
+      encode: the encoder, as in `reconstruction_frobenius_sq`.
+      decode: the decoder, as in `reconstruction_frobenius_sq`.
+      x: [B, *input_shape] inputs.
       key: PRNG key for the probes.
-      num_probes, method, with_error: as in `aecore.jacobian.frobenius_sq_estimate`.
+      num_probes: probes per example, as in `aecore.jacobian.frobenius_sq_estimate`.
+      method: the estimator, as in `aecore.jacobian.frobenius_sq_estimate`.
+      with_error: also return standard errors, as in `aecore.jacobian.frobenius_sq_estimate`.
 
     Returns:
       [B] estimates, or (estimates, standard errors) with `with_error=True`.
