@@ -223,7 +223,7 @@ def _decoder_singular_values(model, x):  # [B, k]: of J_g at each example's code
     return jnp.linalg.svd(r, compute_uv=False)
 
 
-def decoder_geometry(model, x, *, max_examples: int = 500) -> dict[str, float]:
+def decoder_geometry(model: Model, x: ArrayLike, *, max_examples: int = 500) -> dict[str, float]:
     """The decoder's exact geometry at the codes of x (IRVAE's evaluation measures, exact).
 
     From the singular values s of J_g at each code (k forward-mode products and a [d, k] SVD

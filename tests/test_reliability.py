@@ -132,7 +132,7 @@ BAD_COMMANDS = [
     (["--config.objective.jacobian_mode=fast"], "unknown jacobian_mode 'fast'; valid: 'auto'"),
     (["--config.objective.loss=hinge"], "unknown loss 'hinge'; valid: 'squared_error'"),
     (["--config.objective.corruption=salt"], "unknown corruption 'salt'; valid: 'none'"),
-    (["--config.train.optimizer=lbfgs"], "unknown optimizer 'lbfgs'; valid: 'adam'"),
+    (["--config.train.optimizer=newton"], "unknown optimizer 'newton'; valid: 'adam'"),
     (["--config.data.normalization=zca"], "unknown normalization method 'zca'; valid:"),
     (["--config.train.bogus=1"], "unknown config key 'train.bogus'; valid keys: data.data_dir"),
     # checkpoints of another model or optimizer

@@ -470,7 +470,7 @@ def reconstruction_frobenius_sq_estimate(
     num_probes: int,
     method: str = "jvp",
     with_error: bool = False,
-):
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """ESTIMATE of ‖∂r(x_i)/∂x_i‖²_F: `frobenius_sq_estimate` on the composed map g∘f.
 
     Unbiased, not exact. For an interval that covers at its nominal level, pass the composed
