@@ -19,7 +19,6 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from aecore import _checks, jacobian, losses, models
-from aecore.jacobian.geometry import householder_r
 from aecore.models import Model
 from aecore.objective import Objective, reconstruction
 
@@ -214,34 +213,43 @@ def jacobian_spectrum(model: Model, x: ArrayLike, *, max_examples: int = 200) ->
 
 
 @jax.jit
-def _decoder_singular_values(model, x):  # [B, k]: of J_g at each example's code, descending
+def _decoder_jacobians(model, x):  # [B, d, k]: J_g at each example's code
     m = models.eval_mode(model)
     z = _encode_eval(m, x)
-    jac = jax.vmap(jax.jacfwd(lambda zi: m.decode(zi).reshape(-1)))(z)  # [B, d, k]
-    # J's singular values are R's (J = QR): a [k, k] SVD instead of a [d, k] one.
-    r = jax.vmap(householder_r)(jac) if jac.shape[1] >= jac.shape[2] else jac
-    return jnp.linalg.svd(r, compute_uv=False)
+    return jax.vmap(jax.jacfwd(lambda zi: m.decode(zi).reshape(-1)))(z)
+
+
+# Multiply-adds of the float64 SVDs one evaluation may spend (~0.5 s here); wider decoders are
+# measured on fewer examples (at least 16).
+GEOMETRY_SVD_BUDGET = 10**9
 
 
 def decoder_geometry(model: Model, x: ArrayLike, *, max_examples: int = 500) -> dict[str, float]:
     """The decoder's exact geometry at the codes of x (IRVAE's evaluation measures, exact).
 
-    From the singular values s of J_g at each code (k forward-mode products and a [d, k] SVD
-    per example, on the first `max_examples` examples): "decoder_distortion", the relaxed
-    distortion E[tr G²]/E[tr G]² of G = J_gᵀJ_g (1/k for a scaled isometry, Lee et al. ICLR
-    2022); "metric_condition_median", the median condition number s_max²/s_min² of G;
-    "mean_logdet_metric", the mean log det G = 2 Σ log s (-inf where G is singular).
+    From the singular values s of J_g [d, k] at each code (k forward-mode products, then a
+    float64 SVD of J_g itself, never an eigen-decomposition of G, whose condition number is
+    J's squared): "decoder_distortion", the relaxed distortion E[tr G²]/E[tr G]² of
+    G = J_gᵀJ_g (1/k for a scaled isometry, Lee et al. ICLR 2022); "metric_condition_median",
+    the median condition number s_max²/s_min² of G; "mean_logdet_metric", the mean
+    log det G = 2 Σ log s (-inf where G is singular). The last two are left out when k > d (G
+    is singular by construction). Computed on the first `max_examples` examples, fewer for wide
+    decoders: at most ⌊GEOMETRY_SVD_BUDGET / (d·k·min(d, k))⌋ examples, but at least 16.
     """
     _checks.check_positive_int("max_examples", max_examples)
-    x = _check_x(model, x)[:max_examples]
-    s = _in_chunks(_decoder_singular_values, model, x, 256).astype(np.float64)  # [n, k]
-    sq = s**2
-    with np.errstate(divide="ignore"):
-        return {
-            "decoder_distortion": float(np.mean(np.sum(sq**2, 1)) / np.mean(np.sum(sq, 1)) ** 2),
-            "metric_condition_median": float(np.median(sq[:, 0] / sq[:, -1])),
-            "mean_logdet_metric": float(np.mean(np.sum(np.log(sq), axis=1))),
-        }
+    x = _check_x(model, x)
+    _, d, k = jax.eval_shape(_decoder_jacobians, model, jnp.asarray(x[:1])).shape
+    affordable = max(16, GEOMETRY_SVD_BUDGET // (d * k * min(d, k)))
+    x = x[: min(max_examples, affordable)]
+    jac = _in_chunks(_decoder_jacobians, model, x, 128).astype(np.float64)  # [n, d, k]
+    sq = np.linalg.svd(jac, compute_uv=False) ** 2  # [n, min(d, k)], descending
+    tr = np.sum(sq, 1)
+    metrics = {"decoder_distortion": float(np.mean(np.sum(sq**2, 1)) / np.mean(tr) ** 2)}
+    if k <= d:
+        with np.errstate(divide="ignore"):
+            metrics["metric_condition_median"] = float(np.median(sq[:, 0] / sq[:, -1]))
+            metrics["mean_logdet_metric"] = float(np.mean(np.sum(np.log(sq), axis=1)))
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,8 +553,8 @@ def evaluate_model(
     Keys: "reconstruction_error" (test split, `objective.loss`), "mean_jacobian_norm" (mean exact
     ‖J‖_F on the test split), "saturation" (code saturation on the test split), and, when the
     dataset has labels and probe=True, "linear_probe_accuracy" (probe trained on train codes,
-    scored on test codes), and the decoder's exact geometry on the first 500 test examples
-    (`decoder_geometry`: "decoder_distortion", "metric_condition_median",
+    scored on test codes), and the decoder's exact geometry on at most the first 500 test
+    examples (`decoder_geometry`: "decoder_distortion", "metric_condition_median",
     "mean_logdet_metric"). Each split is cut to its first `max_examples` examples. "saturation"
     is left out when the code activation is neither declared by the model nor given as
     `activation`.

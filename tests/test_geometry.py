@@ -457,3 +457,17 @@ def test_decoder_geometry_metrics_match_numpy():
     }
     for name, value in want.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-4, err_msg=name)  # float32 model
+
+
+def test_decoder_geometry_of_an_overcomplete_decoder_leaves_out_what_is_singular():
+    """k > d: G is singular by construction, so its condition number and log-det are left out
+    (never Infinity in metrics.json); the distortion is still G's, from J's singular values."""
+    model = make_autoencoder((3,), hidden=(5,), key=0)
+    x = np.random.default_rng(1).uniform(size=(4, 3)).astype(np.float32)
+    got = evaluate.decoder_geometry(model, x)
+    z = jax.vmap(model.encode)(jnp.asarray(x))
+    jac = np.asarray(jax.vmap(jax.jacrev(model.decode))(z), np.float64)  # [4, 3, 5]
+    eig = np.linalg.eigvalsh(np.einsum("bdk,bdl->bkl", jac, jac))
+    want = np.mean(np.sum(eig**2, 1)) / np.mean(np.sum(eig, 1)) ** 2
+    assert set(got) == {"decoder_distortion"}
+    np.testing.assert_allclose(got["decoder_distortion"], want, rtol=1e-4)
