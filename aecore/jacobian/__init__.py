@@ -295,6 +295,13 @@ def _peel_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None
 
 def _blocks_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | None):
     """M pulled back part by part (`blocks`); ‖M‖² at x, or ‖M A_0‖² by A_0's Gram matrix."""
+    m_of, g = _blocks_rows(engine, route)
+    return _rows_penalty(m_of, g, xs, chunk_size)
+
+
+def _blocks_rows(engine: _Engine, route: str) -> tuple[Callable, jax.Array | None]:
+    """(m_of, G) of a block route: m_of(x_i) [k, n] the rows pulled back part by part (to x, or
+    to the first affine map's output for "blocks/gram", whose Gram matrix is G; else None)."""
     program, parts = engine.program, engine.parts
     ctx = routes.Context(None, trace.const_env(program), program.avals)
     gram = route == "blocks/gram"
@@ -307,7 +314,7 @@ def _blocks_penalty(engine: _Engine, route: str, xs: tuple, chunk_size: int | No
         m = blocks.rows_of(ctx, body, ctx.env, v, start)
         return m.reshape(m.shape[0], -1)
 
-    return _rows_penalty(m_of, g, xs, chunk_size)
+    return m_of, g
 
 
 def _rows_penalty(m_of: Callable, g, xs: tuple, chunk_size: int | None) -> jax.Array:

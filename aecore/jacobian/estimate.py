@@ -181,6 +181,18 @@ def _xtrace(fn, xi, key, p: int, k: int, d: int, with_error: bool):
     return est, _xtrace_jackknife(jax.lax.stop_gradient(omega), jax.lax.stop_gradient(y))
 
 
+def _per_example(name: str, fn: Callable, x: jax.Array, key: jax.Array):
+    """(keys [B], d, k) of an estimator's batch: one key per example, input and output sizes;
+    x must be a batch [B, *input_shape]."""
+    if getattr(x, "ndim", 0) < 2:
+        raise ValueError(
+            f"{name} needs a batch x of shape [B, *input_shape], "
+            f"got shape {getattr(x, 'shape', None)}"
+        )
+    keys = jax.random.split(key, x.shape[0])
+    return keys, int(np.prod(x.shape[1:])), int(np.prod(jax.eval_shape(fn, x[0]).shape))
+
+
 def frobenius_sq_estimate(
     fn: Callable,
     x: jax.Array,
@@ -234,14 +246,7 @@ def frobenius_sq_estimate(
     """
     _checks.check_choice("method", method, ESTIMATOR_METHODS)
     _checks.check_positive_int("num_probes", num_probes)
-    if getattr(x, "ndim", 0) < 2:
-        raise ValueError(
-            f"frobenius_sq_estimate needs a batch x of shape [B, *input_shape], "
-            f"got shape {getattr(x, 'shape', None)}"
-        )
-    keys = jax.random.split(key, x.shape[0])
-    d = int(np.prod(x.shape[1:]))
-    k = int(np.prod(jax.eval_shape(fn, x[0]).shape))
+    keys, d, k = _per_example("frobenius_sq_estimate", fn, x, key)
     p = num_probes
 
     def per_example(xi, ki):
@@ -349,14 +354,7 @@ def frobenius_sq_interval(
             f"frobenius_sq_interval needs num_probes >= {INTERVAL_MIN_PROBES[method]} for "
             f"method {method!r} (no calibrated interval from fewer), got {num_probes}"
         )
-    if getattr(x, "ndim", 0) < 2:
-        raise ValueError(
-            f"frobenius_sq_interval needs a batch x of shape [B, *input_shape], "
-            f"got shape {getattr(x, 'shape', None)}"
-        )
-    keys = jax.random.split(key, x.shape[0])
-    d = int(np.prod(x.shape[1:]))
-    k = int(np.prod(jax.eval_shape(fn, x[0]).shape))
+    keys, d, k = _per_example("frobenius_sq_interval", fn, x, key)
     n, p = min(k, d), num_probes
 
     def per_example(xi, ki):

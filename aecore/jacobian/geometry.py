@@ -288,20 +288,7 @@ def _peel_rows_gram(engine, route: str, x: jax.Array) -> jax.Array:
 
 
 def _blocks_rows_gram(engine, route: str, x: jax.Array) -> jax.Array:
-    from aecore.jacobian import blocks, routes, trace  # noqa: PLC0415
-
-    program, parts = engine.program, engine.parts
-    ctx = routes.Context(None, trace.const_env(program), program.avals)
-    gram = route == "blocks/gram"
-    body = parts[1:] if gram else parts
-    start = blocks.per_batch_start(ctx, body)
-    g = routes.gram_of(ctx, parts[0].block(program.avals)) if gram else None
-
-    def m_of(xi):
-        v = trace.run(parts[0].ops, ctx.env, 0, xi) if gram else xi
-        m = blocks.rows_of(ctx, body, ctx.env, v, start)
-        return m.reshape(m.shape[0], -1)
-
+    m_of, g = _engine_module()._blocks_rows(engine, route)
     return _pair_gram(jax.vmap(m_of)(x), g)
 
 
