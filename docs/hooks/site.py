@@ -364,6 +364,8 @@ def _benchmark_figures() -> dict[str, bytes]:
             figsize=(9, 0.28 * len(models) * max(1, len(routes) / 3) + 2.2), layout="constrained"
         )
         height = 0.8 / len(routes)
+        # tab20 where tab10 would repeat a colour: one colour per route
+        colors = plt.get_cmap("tab20" if len(routes) > 10 else "tab10")
         for j, route in enumerate(routes):
             ys, xs = [], []
             for i, model in enumerate(models):
@@ -373,13 +375,15 @@ def _benchmark_figures() -> dict[str, bytes]:
                 if ms:
                     ys.append(i + (j - len(routes) / 2 + 0.5) * height)
                     xs.append(min(ms))
-            ax.barh(ys, xs, height=height, label=route)
+            ax.barh(ys, xs, height=height, label=route, color=colors(j % colors.N))
         ax.set_yticks(range(len(models)), models, fontsize=7)
         ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.set_xlabel("ms per CAE train step (median; log scale)")
+        ax.set_xlabel("ms per train step (median; log scale)")
         title = (
-            f"{path.name}: {meta['machine']}, {meta['date']}, jax {meta['jax']}"
+            f"{path.name}: {meta['machine']}"
+            + (f" ({meta['cpus']} CPUs)" if "cpus" in meta else "")
+            + f", {meta['date']}, jax {meta['jax']}"
             + (
                 f", matmul peak {meta['matmul_peak_gflops']:.0f} GFLOP/s"
                 if "matmul_peak_gflops" in meta
