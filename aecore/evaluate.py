@@ -232,23 +232,34 @@ def decoder_geometry(model: Model, x: ArrayLike, *, max_examples: int = 500) -> 
     J's squared): "decoder_distortion", the relaxed distortion E[tr G²]/E[tr G]² of
     G = J_gᵀJ_g (1/k for a scaled isometry, Lee et al. ICLR 2022); "metric_condition_median",
     the median condition number s_max²/s_min² of G; "mean_logdet_metric", the mean
-    log det G = 2 Σ log s (-inf where G is singular). The last two are left out when k > d (G
-    is singular by construction). Computed on the first `max_examples` examples, fewer for wide
-    decoders: at most ⌊GEOMETRY_SVD_BUDGET / (d·k·min(d, k))⌋ examples, but at least 16.
+    log det G = 2 Σ log s; "metric_singular_fraction", the fraction of examples whose G is
+    numerically singular (s_min ≤ s_max·max(d, k)·eps of J's dtype, NumPy's rank tolerance; every
+    example when k > d). The condition number is left out when that fraction is 1/2 or more
+    (the median G is singular), the log-det when any G is: their values would be rounding
+    noise. Computed on the first `max_examples` examples, fewer for wide decoders: at most
+    ⌊GEOMETRY_SVD_BUDGET / (d·k·min(d, k))⌋ examples, but at least 16.
     """
     _checks.check_positive_int("max_examples", max_examples)
     x = _check_x(model, x)
     _, d, k = jax.eval_shape(_decoder_jacobians, model, jnp.asarray(x[:1])).shape
     affordable = max(16, GEOMETRY_SVD_BUDGET // (d * k * min(d, k)))
     x = x[: min(max_examples, affordable)]
-    jac = _in_chunks(_decoder_jacobians, model, x, 128).astype(np.float64)  # [n, d, k]
-    sq = np.linalg.svd(jac, compute_uv=False) ** 2  # [n, min(d, k)], descending
-    tr = np.sum(sq, 1)
-    metrics = {"decoder_distortion": float(np.mean(np.sum(sq**2, 1)) / np.mean(tr) ** 2)}
-    if k <= d:
-        with np.errstate(divide="ignore"):
-            metrics["metric_condition_median"] = float(np.median(sq[:, 0] / sq[:, -1]))
-            metrics["mean_logdet_metric"] = float(np.mean(np.sum(np.log(sq), axis=1)))
+    jac = _in_chunks(_decoder_jacobians, model, x, 128)  # [n, d, k], the model's dtype
+    s = np.linalg.svd(jac.astype(np.float64), compute_uv=False)  # [n, min(d, k)], descending
+    sq = s**2
+    metrics = {"decoder_distortion": float(np.mean(np.sum(sq**2, 1)) / np.mean(sq.sum(1)) ** 2)}
+    # G is numerically singular where J's smallest singular value is below what J's own dtype
+    # resolves (NumPy's matrix_rank tolerance): its condition number and log-det are then
+    # rounding noise, not measurements.
+    singular = s[:, -1] <= s[:, 0] * max(d, k) * np.finfo(jac.dtype).eps
+    if k > d:
+        singular[:] = True
+    metrics["metric_singular_fraction"] = float(np.mean(singular))
+    if np.mean(singular) < 0.5:  # the median example's G is resolved
+        cond = np.where(singular, np.inf, sq[:, 0] / sq[:, -1])
+        metrics["metric_condition_median"] = float(np.median(cond))
+    if not singular.any():
+        metrics["mean_logdet_metric"] = float(np.mean(np.sum(np.log(sq), axis=1)))
     return metrics
 
 
@@ -554,10 +565,10 @@ def evaluate_model(
     ‖J‖_F on the test split), "saturation" (code saturation on the test split), and, when the
     dataset has labels and probe=True, "linear_probe_accuracy" (probe trained on train codes,
     scored on test codes), and the decoder's exact geometry on at most the first 500 test
-    examples (`decoder_geometry`: "decoder_distortion", "metric_condition_median",
-    "mean_logdet_metric"). Each split is cut to its first `max_examples` examples. "saturation"
-    is left out when the code activation is neither declared by the model nor given as
-    `activation`.
+    examples (`decoder_geometry`: "decoder_distortion", "metric_singular_fraction" and, where
+    G is resolved, "metric_condition_median" and "mean_logdet_metric"). Each split is cut to its
+    first `max_examples` examples. "saturation" is left out when the code activation is neither
+    declared by the model nor given as `activation`.
     """
     _checks.check_positive_int("max_examples", max_examples)
     x_train = _check_x(model, dataset.x_train, "dataset.x_train")[:max_examples]

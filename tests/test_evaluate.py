@@ -330,6 +330,7 @@ def test_evaluate_model_keys_and_json():
         "decoder_distortion",
         "metric_condition_median",
         "mean_logdet_metric",
+        "metric_singular_fraction",
     }
     assert all(type(v) is float for v in out.values())
     json.dumps(out)

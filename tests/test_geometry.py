@@ -469,5 +469,34 @@ def test_decoder_geometry_of_an_overcomplete_decoder_leaves_out_what_is_singular
     jac = np.asarray(jax.vmap(jax.jacrev(model.decode))(z), np.float64)  # [4, 3, 5]
     eig = np.linalg.eigvalsh(np.einsum("bdk,bdl->bkl", jac, jac))
     want = np.mean(np.sum(eig**2, 1)) / np.mean(np.sum(eig, 1)) ** 2
-    assert set(got) == {"decoder_distortion"}
+    assert set(got) == {"decoder_distortion", "metric_singular_fraction"}
+    assert got["metric_singular_fraction"] == 1.0
     np.testing.assert_allclose(got["decoder_distortion"], want, rtol=1e-4)
+
+
+def test_decoder_geometry_does_not_report_a_numerically_singular_metric():
+    """A decoder whose J_g has a direction below float32's resolution (an output unit that
+    ignores the code): G's condition number and log-det would be rounding noise, so they are
+    left out and the singular fraction says why."""
+    w = np.diag([1.0, 1.0, 1e-9]).astype(np.float32)  # [k=3, d=3]: third direction unresolved
+
+    class Flat(nnx.Module):
+        output = "identity"
+
+        def __init__(self):
+            self.w = nnx.Param(jnp.asarray(w))
+
+        def encode(self, x):
+            return x
+
+        def decode_logits(self, h):
+            return h @ self.w[...]
+
+        def decode(self, h):
+            return self.decode_logits(h)
+
+    x = np.random.default_rng(2).normal(size=(5, 3)).astype(np.float32)
+    got = evaluate.decoder_geometry(Flat(), x)
+    assert got["metric_singular_fraction"] == 1.0
+    assert "metric_condition_median" not in got and "mean_logdet_metric" not in got
+    np.testing.assert_allclose(got["decoder_distortion"], 2 / 4, rtol=1e-6)  # tr G² / (tr G)²
