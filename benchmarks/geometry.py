@@ -125,7 +125,7 @@ def run_shape(
         term = {k: float(v) for k, v in out[2].items() if k not in ("loss", "finite", "grad_norm")}
         runners[route] = (step, state, key)
         records[route] = {
-            "shape": name,
+            "model": name,  # the key every results file names its rows by
             "anchor": shape.anchor,
             "d": shape.d,
             "k": shape.hidden[-1],
@@ -167,7 +167,7 @@ def format_table(records: Sequence[dict]) -> str:
     for r in records:
         ratio = r["ratio_to_exact"]
         lines.append(
-            f"{r['shape']:<18} {r['route']:<24} {r['ms_per_step']:>9.2f} "
+            f"{r['model']:<18} {r['route']:<24} {r['ms_per_step']:>9.2f} "
             f"{r['ratio_to_plain']:>8.2f} {'' if ratio is None else f'{ratio:.2f}':>8}"
         )
     return "\n".join(lines)

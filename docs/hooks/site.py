@@ -352,12 +352,8 @@ def _benchmark_figures() -> dict[str, bytes]:
     for path in sorted((REPO / "benchmarks" / "results").glob("*.json")):
         result = json.loads(path.read_text())
         meta, records = result["meta"], result["records"] + result.get("sweep", [])
-        # a row skipped for its memory budget has no time; geometry rows name a "shape"
-        records = [
-            {**r, "model": r.get("model", r.get("shape"))}
-            for r in records
-            if r.get("ms_per_step") is not None
-        ]
+        # a row skipped for its memory budget has no time
+        records = [r for r in records if r.get("ms_per_step") is not None]
         models = list(dict.fromkeys(r["model"] for r in records))
         routes = list(dict.fromkeys(r["route"] for r in records))
         fig, ax = plt.subplots(
