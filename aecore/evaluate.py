@@ -251,11 +251,10 @@ def decoder_geometry(model: Model, x: ArrayLike, *, max_examples: int = 500) -> 
     # G is numerically singular where J's smallest singular value is below what J's own dtype
     # resolves (NumPy's matrix_rank tolerance): its condition number and log-det are then
     # rounding noise, not measurements.
-    singular = s[:, -1] <= s[:, 0] * max(d, k) * np.finfo(jac.dtype).eps
-    if k > d:
-        singular[:] = True
+    # (k > d: G has k − d zero eigenvalues that J's min(d, k) singular values do not show)
+    singular = (s[:, -1] <= s[:, 0] * max(d, k) * np.finfo(jac.dtype).eps) | (k > d)
     metrics["metric_singular_fraction"] = float(np.mean(singular))
-    if np.mean(singular) < 0.5:  # the median example's G is resolved
+    if metrics["metric_singular_fraction"] < 0.5:  # the median example's G is resolved
         cond = np.where(singular, np.inf, sq[:, 0] / sq[:, -1])
         metrics["metric_condition_median"] = float(np.median(cond))
     if not singular.any():
