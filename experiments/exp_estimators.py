@@ -252,14 +252,17 @@ def part_c(ctx, ds, *, hidden: int, steps: int, seeds: int, draws: int) -> dict[
     return {"gradient_relative_variance_over_keys": spread, "runs": table, "paired": paired}
 
 
-def claims(b: dict, c: dict) -> list[common.Check]:
+def claims(b: dict, c: dict, *, quick: bool) -> list[common.Check]:
     checks = []
-    conv = b["conv"]["runs"]
-    for name in conv:
+    # From the interleaved step-time medians. Only at full size: --quick's conv encoder (16
+    # codes, 4 probes) makes XTrace's 8 products and the exact penalty a tie (0.0374 s against
+    # 0.0372 s per step in one CI run), so the claim is not one that size can make.
+    secs = b["conv"]["step_seconds"]
+    for name in b["conv"]["runs"] if not quick else ():
         if name not in ("exact", "hutchinson/1"):
-            ratio = np.mean(conv[name]["steps"]) / np.mean(conv["exact"]["steps"])
             why = "an estimate is cheaper than the exact conv penalty"
-            checks.append(common.check(f"conv_steps_{name}_over_exact", ratio, ">", 1.0, why=why))
+            ratio = secs["exact"] / secs[name]
+            checks.append(common.check(f"conv_step_exact_over_{name}", ratio, ">", 1.0, why=why))
     for enc, r in b.items():
         k4 = max(r["relative_sd_at_init"])
         errs = r["relative_sd_at_init"][k4]
@@ -296,7 +299,7 @@ def run(args) -> dict[str, Any]:
         )
         c = part_c(ctx, ds, hidden=128, steps=1000, seeds=5, draws=64)
     fields = {"costs": a, "same_budget": b, "caeh": c}
-    return common.finish(NAME, ctx, args, fields, checks=claims(b, c))
+    return common.finish(NAME, ctx, args, fields, checks=claims(b, c, quick=args.quick))
 
 
 main = common.main_for(run, __doc__, default_data=common.mnist_10k_or_digits())
