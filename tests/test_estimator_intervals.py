@@ -81,10 +81,11 @@ EXACT = {"hutch++": {"rank one"}, "xtrace": {"rank one", "flat"}}
 # Coverage bounds at nominal 95% over 500 intervals, the issue's [0.92, 0.99], for every method.
 # Hutch++ has no interval below 7 probes (INTERVAL_MIN_PROBES).
 BOUNDS = (0.92, 0.99)
-# XTrace's interval costs p + 100·(p + 1) XNysTraces (its jackknife and bootstrap): its 16- and
-# 32-probe cells are measured by `coverage_and_width` for the docs, not run in the suite.
+# XTrace's interval costs p + 100·(p + 1) XNysTraces (its jackknife and bootstrap): the suite
+# runs its 8-probe cell, where the jackknife t interval it replaced over-covered (0.986-0.996);
+# its 4-, 16- and 32-probe cells are measured by `coverage_and_width` for the docs.
 CELLS = [("jvp", p) for p in (4, 8, 16, 32)] + [("hutch++", p) for p in (8, 16, 32)]
-CELLS += [("vjp", 4), ("xtrace", 4), ("xtrace", 8)]  # vjp: jvp's interval on its own rows
+CELLS += [("vjp", 4), ("xtrace", 8)]  # vjp: jvp's interval on its own rows
 
 
 @pytest.mark.parametrize(("method", "probes"), CELLS)
