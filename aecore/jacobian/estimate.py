@@ -156,17 +156,30 @@ def _xtrace_products(fn, xi, key, p: int, k: int, d: int):
     return samples.T, jax.vmap(matvec)(samples).T
 
 
+def _leave_one_out(p: int) -> np.ndarray:
+    """[p, p − 1]: row j lists the probes other than j."""
+    return np.array([[i for i in range(p) if i != j] for j in range(p)])
+
+
+def _jackknife_se(loo: jax.Array) -> jax.Array:
+    """Jackknife SE (Efron & Stein 1981) from a statistic's p leave-one-out values X_(j):
+    √((p − 1)/p · Σ_j (X_(j) − X̄)²). Efron–Stein: its square is biased upward for a symmetric
+    statistic, so it errs wide."""
+    p = loo.shape[0]
+    return jnp.sqrt((p - 1) / p * jnp.sum((loo - jnp.mean(loo)) ** 2))
+
+
 def _xtrace_jackknife(omega: jax.Array, y: jax.Array) -> jax.Array:
-    """Jackknife SE (Efron & Stein 1981) of XNysTrace over its p probes: XNysTrace recomputed
-    on each leave-one-probe-out set from the same products, √((p − 1)/p · Σ_j (X_(j) − X̄)²).
-    Efron–Stein: its square is biased upward for a symmetric statistic, so it errs wide."""
-    p = omega.shape[1]
-    subsets = np.array([[i for i in range(p) if i != j] for j in range(p)])  # [p, p - 1]
+    """Jackknife SE of XNysTrace over its p probes: XNysTrace recomputed on each
+    leave-one-probe-out set from the same products."""
     # One set at a time (lax.map, not vmap): each eigh/QR then has the batch of the estimate
     # itself. jaxlib splits a large batched LAPACK call over XLA:CPU's thread pool and waits
     # inside a pool thread, which we saw deadlock on 2 cores.
-    loo = jax.lax.map(lambda idx: jnp.mean(_xnystrace_loo(omega[:, idx], y[:, idx])), subsets)
-    return jnp.sqrt((p - 1) / p * jnp.sum((loo - jnp.mean(loo)) ** 2))
+    loo = jax.lax.map(
+        lambda idx: jnp.mean(_xnystrace_loo(omega[:, idx], y[:, idx])),
+        _leave_one_out(omega.shape[1]),
+    )
+    return _jackknife_se(loo)
 
 
 def _xtrace(fn, xi, key, p: int, k: int, d: int, with_error: bool):
@@ -346,21 +359,20 @@ def _xnystrace_gram(h: jax.Array, m: jax.Array, g: jax.Array, n: int) -> jax.Arr
 
 
 def _xnystrace_gram_jackknife(h, m, g, n: int) -> tuple[jax.Array, jax.Array]:
-    """(XNysTrace, its jackknife SE over the probes) from the Grams of `_xnystrace_gram`."""
-    p = h.shape[0]
-    subsets = np.array([[i for i in range(p) if i != j] for j in range(p)])  # [p, p - 1]
+    """(XNysTrace, its jackknife SE over the probes) from the Grams of `_xnystrace_gram`
+    (vmap over the sets is safe here: the sweeps call no LAPACK)."""
 
     def without(idx):
         sub = jnp.ix_(idx, idx)
         return jnp.mean(_xnystrace_gram(h[sub], m[sub], g[sub], n))
 
-    loo = jax.vmap(without)(subsets)
-    se = jnp.sqrt((p - 1) / p * jnp.sum((loo - jnp.mean(loo)) ** 2))
-    return jnp.mean(_xnystrace_gram(h, m, g, n)), se
+    loo = jax.vmap(without)(_leave_one_out(h.shape[0]))
+    return jnp.mean(_xnystrace_gram(h, m, g, n)), _jackknife_se(loo)
 
 
 def _quantiles(values: jax.Array, qs: tuple[float, ...]) -> list[jax.Array]:
-    """Median-unbiased sample quantiles (Hyndman & Fan 1996, type 8) of values [B]."""
+    """Median-unbiased sample quantiles (Hyndman & Fan 1996, type 8) of values [B]
+    (`jnp.quantile` has no type 8; `np.quantile(method="median_unbiased")` is it)."""
     b = values.shape[0]
     ordered = jnp.sort(values)
     out = []
@@ -380,9 +392,10 @@ def _xtrace_interval(omega: jax.Array, y: jax.Array, key: jax.Array, level: floa
     The jackknife SE has the right shape but errs wide by a factor that depends on the spectrum
     (1.3-2.8x here: Efron & Stein 1981, and XTrace's error falls fast with p). Its ratio to the
     actual error is measured on a stand-in built from the same products: the Nyström
-    approximation Â = Q S Qᵀ (y = QR, S = R (Ωᵀy)⁺ Rᵀ) plus a flat tail μ(I − QQᵀ) with
-    tr = the estimate. For B fresh Gaussian Ω* (drawn as Q Z₁ + Q⊥ Z₂, so everything is p × p),
-    XTrace and its jackknife on the stand-in give r_b = (est* − tr)/SE*; the interval is
+    approximation Â = Q S Qᵀ (y = QR, S = R (Ωᵀy)⁺ Rᵀ, masked as in `_nystrom`) plus a
+    flat tail μ(I − QQᵀ) with tr = the estimate. For B fresh Gaussian Ω* (drawn as
+    Q Z₁ + Q⊥ Z₂, so everything is p × p), XTrace and its jackknife on the stand-in give
+    r_b = (est* − tr)/SE*; the interval is
     [est − q(1 − α/2)·SE, est − q(α/2)·SE]. No product with J; B·(p + 1) XNysTraces of p × p
     Grams. Where a draw is not finite, the conservative estimate ± t_{p−1}·SE instead.
     """
@@ -391,6 +404,7 @@ def _xtrace_interval(omega: jax.Array, y: jax.Array, key: jax.Array, level: floa
     n, p = omega.shape
     est = jnp.mean(_xnystrace_loo(omega, y))
     se = _xtrace_jackknife(omega, y)
+    # Ωᵀy's pseudo-inverse, masked as in `_nystrom`.
     h = omega.T @ y
     vals, vecs = jnp.linalg.eigh((h + h.T) / 2)
     keep = vals > jnp.finfo(h.dtype).eps * p * jnp.abs(vals[-1])
